@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On a GPU machine without network (the lent H200s): install the carried nvshmem4py wheel, then run
+# the multi-GPU test suite and (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
+# NVLink multicast stays off: this script refuses to run if NVSHMEM_DISABLE_NVLS is not set to 1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${OUT:-bench}
+mkdir -p "$OUTDIR"
+if [ "${NVSHMEM_DISABLE_NVLS:-}" != "1" ]; then
+  echo "refusing to run: NVSHMEM_DISABLE_NVLS must be 1 on this machine (got '${NVSHMEM_DISABLE_NVLS:-}')"; exit 2
+fi
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi -L
+rc=0
+if [ "${SKIP_TESTS:-0}" != "1" ]; then
+  timeout "${TEST_TIMEOUT:-480}" bash tests/gpu/run.sh ${PYTEST_ARGS:-} 2>&1 | tee "$OUTDIR/gpu-tests.log"; rc=${PIPESTATUS[0]}
+  echo "gpu suite exit code: $rc"
+fi
+if [ "${SKIP_BENCH:-0}" != "1" ]; then
+  NGPU=$(nvidia-smi -L | wc -l)
+  timeout "${BENCH_TIMEOUT:-480}" torchrun --nproc-per-node="$NGPU" -m weave_nvshmem.bench ${BENCH_ARGS:-all} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/bench.log" | tail -60
+  echo "bench exit code: ${PIPESTATUS[0]}"
+fi
+exit $rc

@@ -1,0 +1,156 @@
+"""fused_allreduce_rmsnorm: every dtype x residual mode x odd shape vs float64; graphs; NaN."""
+import pytest
+import torch
+
+import weave_nvshmem as wn
+from conftest import DTYPES, all_inputs, all_ranks_true, poison, rank, rel_err, same_on_all_ranks, tol, world
+
+EPS = 1e-6
+
+
+def reference(xs, residual, weight):
+    s = sum(x.double() for x in xs)
+    if residual is not None:
+        s = s + residual.double()
+    # the kernel rounds s to the dtype before normalising (out = rmsnorm(new residual))
+    s_r = s.to(xs[0].dtype).double()
+    out = s_r * torch.rsqrt((s_r * s_r).mean(-1, keepdim=True) + EPS) * weight.double()
+    return out, s
+
+
+def run_case(comm, dt, tokens, hidden, mode, algorithm="auto", with_residual=True, seed=0):
+    xs = all_inputs(seed, (tokens, hidden), dt)
+    res0 = all_inputs(seed + 7, (tokens, hidden), dt)[0] if with_residual else None  # same on all ranks
+    weight = all_inputs(seed + 9, (hidden,), dt)[0]
+    residual = res0.clone() if with_residual else None
+    if residual is not None and mode == "sharded":
+        keep = wn.owned_rows(tokens, rank(), world())
+        sentinel = torch.full_like(residual, 3.0)
+        sentinel[keep.start:keep.stop] = residual[keep.start:keep.stop]
+        residual = sentinel
+    out = poison(torch.empty((tokens, hidden), dtype=dt, device="cuda"))
+    o, r = comm.fused_allreduce_rmsnorm(xs[rank()], residual, weight, EPS, residual_mode=mode,
+                                        algorithm=algorithm, out=out)
+    comm.synchronize()
+    ref_out, ref_s = reference(xs, res0, weight)
+    ok_out = rel_err(o, ref_out) <= tol(dt)
+    if mode == "sharded" and with_residual:
+        keep = wn.owned_rows(tokens, rank(), world())
+        mine = slice(keep.start, keep.stop)
+        ok_res = rel_err(r[mine], ref_s[mine]) <= tol(dt) if keep.stop > keep.start else True
+        others = torch.ones(tokens, dtype=torch.bool, device="cuda")
+        others[mine] = False
+        ok_res &= bool(torch.all(r[others] == 3.0).item())
+        same = same_on_all_ranks(o)
+    else:
+        ok_res = rel_err(r, ref_s) <= tol(dt)
+        same = same_on_all_ranks(o) and same_on_all_ranks(r)
+    return ok_out, ok_res, same, o is out
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("mode", ["replicated", "sharded"])
+@pytest.mark.parametrize("tokens", [1, 3, 7, 1000, 8191])
+@pytest.mark.parametrize("hidden", [8192, 5120])
+def test_fused_matches_reference(comm, dtype, mode, tokens, hidden):
+    res = run_case(comm, DTYPES[dtype], tokens, hidden, mode, seed=tokens + hidden)
+    assert all_ranks_true(all(res)), res
+
+
+@pytest.mark.parametrize("hidden", [1024, 4096, 7168, 16384])
+@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot"])
+def test_fused_hidden_sizes_and_algorithms(comm, hidden, algorithm):
+    res = run_case(comm, torch.bfloat16, 37, hidden, "replicated", algorithm, seed=hidden)
+    assert all_ranks_true(all(res)), res
+
+
+@pytest.mark.parametrize("mode", ["replicated", "sharded"])
+def test_fused_without_residual(comm, mode):
+    res = run_case(comm, torch.bfloat16, 129, 4096, mode, with_residual=False, seed=5)
+    assert all_ranks_true(all(res[:1]) and res[2]), res
+
+
+def test_fused_cupy_entry(comm):
+    import cupy
+
+    dt = torch.float16
+    xs = all_inputs(41, (9, 2048), dt)
+    res0 = all_inputs(42, (9, 2048), dt)[0]
+    weight = all_inputs(43, (2048,), dt)[0]
+    o, r = wn.fused_allreduce_rmsnorm(cupy.from_dlpack(xs[rank()]), cupy.from_dlpack(res0.clone()),
+                                      cupy.from_dlpack(weight), EPS)
+    cupy.cuda.get_current_stream().synchronize()
+    ref_out, _ = reference(xs, res0, weight)
+    assert isinstance(o, cupy.ndarray)
+    assert all_ranks_true(rel_err(torch.from_dlpack(o), ref_out) <= tol(dt))
+
+
+def test_fused_nan_inf_propagate(comm):
+    dt = torch.bfloat16
+    xs = all_inputs(77, (16, 4096), dt)
+    xs[0][3, 10] = float("nan")
+    xs[world() - 1][5, 0] = float("inf")
+    res = torch.zeros_like(xs[0]) + 0.5
+    weight = torch.ones(4096, dtype=dt, device="cuda")
+    o, r = comm.fused_allreduce_rmsnorm(xs[rank()], res.clone(), weight, EPS)
+    comm.synchronize()
+    ref_out, _ = reference(xs, res, weight)
+    nan_rows = torch.isnan(o).any(-1)
+    ok = bool(nan_rows[3]) and bool(nan_rows[5]) and rel_err(o, ref_out) <= tol(dt)
+    ok &= not bool(nan_rows[[0, 1, 2, 4, 6]].any())
+    assert all_ranks_true(ok)
+
+
+def test_fused_bad_inputs(comm):
+    x = torch.randn(4, 4096, device="cuda", dtype=torch.bfloat16)
+    w = torch.ones(4096, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="hidden"):
+        comm.fused_allreduce_rmsnorm(torch.randn(4, 12, device="cuda", dtype=torch.bfloat16), None,
+                                     torch.ones(12, device="cuda", dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="weight"):
+        comm.fused_allreduce_rmsnorm(x, None, w.float())
+    with pytest.raises(ValueError, match="residual"):
+        comm.fused_allreduce_rmsnorm(x, x[:2].clone(), w)
+    with pytest.raises(ValueError, match="residual_mode"):
+        comm.fused_allreduce_rmsnorm(x, None, w, residual_mode="both")
+    with pytest.raises(ValueError, match="2-D"):
+        comm.fused_allreduce_rmsnorm(x.view(-1), None, w)
+
+
+def test_fused_10k_back_to_back_and_1k_graph_replays(comm):
+    import random
+
+    rng = random.Random(99)
+    dt = torch.bfloat16
+    cases = []
+    for i, (t, h) in enumerate([(1, 4096), (5, 8192), (64, 5120), (300, 4096)]):
+        xs = all_inputs(500 + i, (t, h), dt)
+        res0 = all_inputs(600 + i, (t, h), dt)[0]
+        w = all_inputs(700 + i, (h,), dt)[0]
+        o, r = comm.fused_allreduce_rmsnorm(xs[rank()], res0.clone(), w, EPS)
+        cases.append((xs[rank()], res0, w, o.clone(), r.clone()))
+    comm.synchronize()
+    bad = torch.zeros((), dtype=torch.int64, device="cuda")
+    for _ in range(10_000):
+        x, res0, w, o_first, r_first = cases[rng.randrange(len(cases))]
+        r = res0.clone()
+        o, r = comm.fused_allreduce_rmsnorm(x, r, w, EPS, algorithm=rng.choice(["auto", "oneshot", "twoshot"]),
+                                            ctas=rng.choice([None, 2, 8]))
+        bad += (o.view(torch.int16) != o_first.view(torch.int16)).sum()
+        bad += (r.view(torch.int16) != r_first.view(torch.int16)).sum()
+    # graph: 1k replays of the largest case
+    x, res0, w, o_first, r_first = cases[-1]
+    rbuf, obuf = res0.clone(), torch.empty_like(o_first)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(g, stream=stream):
+        comm.fused_allreduce_rmsnorm(x, rbuf, w, EPS, out=obuf)
+    for _ in range(1000):
+        rbuf.copy_(res0)
+        obuf.fill_(float("nan"))
+        g.replay()
+        bad += (obuf.view(torch.int16) != o_first.view(torch.int16)).sum()
+        bad += (rbuf.view(torch.int16) != r_first.view(torch.int16)).sum()
+    comm.synchronize()
+    assert all_ranks_true(bad.item() == 0), bad.item()

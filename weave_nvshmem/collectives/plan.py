@@ -1,0 +1,119 @@
+"""Launch planning: algorithm, CTA count and block size for each op, validated before launch.
+
+Every choice is a pure function of (op, shape, dtype, world, options, tuning table), so every rank
+derives the same launch configuration, which the kernels' block-pairwise protocol requires.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..ptx.catalog import MAX_CTAS, VEC_ELEMS
+
+#: torch dtype name -> PTX dtype
+PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+ALLREDUCE_ALGORITHMS = ("auto", "oneshot", "twoshot")
+FUSED_ALGORITHMS = ("auto", "oneshot", "twoshot")
+
+
+@dataclass(frozen=True)
+class Launch:
+    algorithm: str
+    grid: int
+    block: int
+    vpt: int = 1
+
+
+def ptx_dtype(dtype, op: str) -> str:
+    name = str(dtype).replace("torch.", "")
+    if name not in PTX_DTYPE:
+        raise TypeError(f"{op}: unsupported dtype {name} (expected bfloat16, float16 or float32)")
+    return PTX_DTYPE[name]
+
+
+def _check_ctas(ctas, op):
+    if ctas is None:
+        return None
+    if not isinstance(ctas, int) or not 1 <= ctas <= MAX_CTAS:
+        raise ValueError(f"{op}: ctas must be an int in 1..{MAX_CTAS} (got {ctas!r})")
+    return ctas
+
+
+def _table() -> dict:
+    """Tuning table written by `python -m weave_nvshmem.bench tune` ({} if none)."""
+    path = os.environ.get("WEAVE_NVSHMEM_TUNING")
+    p = Path(path) if path else Path(__file__).with_name("tuning.json")
+    if p.exists():
+        return json.loads(p.read_text())
+    return {}
+
+
+def _tuned(op: str, world: int, nbytes: int):
+    """The tuned (algorithm, ctas) of the smallest measured size >= nbytes, if any."""
+    rows = _table().get(op, {}).get(str(world), [])
+    for row in sorted(rows, key=lambda r: r["bytes"]):
+        if nbytes <= row["bytes"]:
+            return row["algorithm"], row["ctas"]
+    return None
+
+
+def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto", ctas=None) -> Launch:
+    op = "all_reduce"
+    if algorithm not in ALLREDUCE_ALGORITHMS:
+        raise ValueError(f"{op}: algorithm must be one of {ALLREDUCE_ALGORITHMS} (got {algorithm!r})")
+    ctas = _check_ctas(ctas, op)
+    ve = VEC_ELEMS[dtype]
+    nvec = -(-nelem // ve)
+    nbytes = nelem * (16 // ve)
+    if algorithm == "auto":
+        tuned = _tuned(op, world, nbytes)
+        if tuned:
+            algorithm, ctas = tuned[0], ctas or tuned[1]
+        else:
+            algorithm = "oneshot" if (world <= 2 or nbytes <= 512 * 1024) else "twoshot"
+    block = 512
+    if ctas is None:
+        per_rank = nvec if algorithm == "oneshot" else -(-nvec // world)
+        ctas = max(1, min(32 if algorithm == "twoshot" else 16, -(-per_rank // (2 * block))))
+    return Launch(algorithm, ctas, block)
+
+
+def fused_block(hidden: int, dtype: str) -> tuple[int, int]:
+    """(threads, vectors per thread) covering one row of ``hidden`` elements, <= 512 threads."""
+    hvec = hidden // VEC_ELEMS[dtype]
+    for vpt in (1, 2, 4, 8):
+        if hvec <= 512 * vpt:
+            per_thread = -(-hvec // vpt)
+            return max(32, -(-per_thread // 32) * 32), vpt
+    raise ValueError(f"fused_allreduce_rmsnorm: hidden size {hidden} too large for {dtype} (max {4096 * VEC_ELEMS[dtype]})")
+
+
+def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = "auto", ctas=None) -> Launch:
+    op = "fused_allreduce_rmsnorm"
+    if algorithm not in FUSED_ALGORITHMS:
+        raise ValueError(f"{op}: algorithm must be one of {FUSED_ALGORITHMS} (got {algorithm!r})")
+    ctas = _check_ctas(ctas, op)
+    block, vpt = fused_block(hidden, dtype)
+    nbytes = rows * hidden * (16 // VEC_ELEMS[dtype])
+    if algorithm == "auto":
+        tuned = _tuned(op, world, nbytes)
+        if tuned:
+            algorithm, ctas = tuned[0], ctas or tuned[1]
+        else:
+            algorithm = "oneshot" if (world <= 2 and rows <= 64) or rows <= 16 else "twoshot"
+    if ctas is None:
+        per_block_rows = rows if algorithm == "oneshot" else -(-rows // world)
+        ctas = max(1, min(8, per_block_rows))
+    return Launch(algorithm, ctas, block, vpt)
+
+
+def owned_rows(rows: int, rank: int, world: int) -> range:
+    """Rows of a [rows, H] tensor that ``rank`` reduces (and keeps, in sharded residual mode)."""
+    return range(rows * rank // world, rows * (rank + 1) // world)
+
+
+def staging_bytes(op: str, nbytes: int, world: int) -> int:
+    """Bytes of one staging slot an op of ``nbytes`` input needs (slots hold a whole input)."""
+    return (nbytes + 15) // 16 * 16

@@ -1,0 +1,108 @@
+"""NVSHMEM bootstrap from torch.distributed (or a single process), and its teardown.
+
+``init()`` binds the CUDA device first (``LOCAL_RANK`` under torchrun, else the current device),
+broadcasts an NVSHMEM unique id from rank 0 over the torch.distributed group, and initialises one
+PE per process. Multicast stays opt-in: unless ``multicast=True``, ``NVSHMEM_DISABLE_NVLS=1`` is
+set when the environment has no value; a value already there is never overridden.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import NotInitializedError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world: int
+    device_id: int
+    multicast_requested: bool
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The live runtime, or NotInitializedError telling the user to call init()."""
+    if _runtime is None:
+        raise NotInitializedError("weave_nvshmem is not initialised: call weave_nvshmem.init() on every rank first")
+    return _runtime
+
+
+def is_initialized() -> bool:
+    return _runtime is not None
+
+
+def init(group=None, *, multicast: bool = False) -> Runtime:
+    """Initialise NVSHMEM, one PE per process. Collective over ``group`` (default: WORLD).
+
+    Without torch.distributed initialised this runs as a single PE. Idempotent.
+    """
+    global _runtime
+    if _runtime is not None:
+        return _runtime
+    import torch
+    import torch.distributed as dist
+
+    if not multicast:
+        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+    if "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    device_id = torch.cuda.current_device()
+
+    from cuda.core import Device
+    import nvshmem.core as nvshmem
+
+    dev = Device(device_id)
+    dev.set_current()
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+    else:
+        rank, world = 0, 1
+    uid = nvshmem.get_unique_id(empty=rank != 0)
+    if world > 1:
+        payload = [bytes(uid._data.view("uint8")) if rank == 0 else None]
+        dist.broadcast_object_list(payload, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+        uid._data.view("uint8")[:] = memoryview(payload[0])
+    nvshmem.init(device=dev, uid=uid, rank=rank, nranks=world, initializer_method="uid")
+    _runtime = Runtime(rank=rank, world=world, device_id=device_id, multicast_requested=multicast)
+    return _runtime
+
+
+def finalize() -> list:
+    """Close the default communicator, free what is left on the heap, finalise NVSHMEM.
+
+    Collective. Returns the leak report: descriptions of symmetric allocations the user never
+    freed (they are freed here). Idempotent.
+    """
+    global _runtime
+    if _runtime is None:
+        return []
+    from . import heap
+
+    from ..collectives import communicator
+
+    communicator.close_default()
+    leaks = heap.release_all()
+    import nvshmem.core as nvshmem
+
+    nvshmem.finalize()
+    _runtime = None
+    return leaks
+
+
+class session:
+    """Context manager: ``with weave_nvshmem.session(): ...`` = init() ... finalize()."""
+
+    def __init__(self, group=None, *, multicast: bool = False):
+        self._args = (group,)
+        self._multicast = multicast
+
+    def __enter__(self) -> Runtime:
+        return init(*self._args, multicast=self._multicast)
+
+    def __exit__(self, *exc):
+        finalize()
+        return False

@@ -1,0 +1,67 @@
+"""Which PTX kernels exist, their template parameters, and the workspace layout they share.
+
+Every kernel file in ``kernels/`` is a template; ``render`` turns (file, dtype, world) into PTX
+text. ``variants()`` lists every combination the package can launch, so the CPU test suite can
+assemble each one for sm_90a.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from .template import render as _render
+
+KERNEL_DIR = Path(__file__).parent / "kernels"
+
+#: largest world size and CTA count the signal pad has room for
+MAX_WORLD = 8
+MAX_CTAS = 128
+#: workspace layout of one channel: control words, signal pad, then data buffers
+PAD_OFF = 256
+DATA_OFF = 8192
+assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DATA_OFF
+
+DTYPES = ("bf16", "f16", "f32")
+#: elements per 16-byte vector
+VEC_ELEMS = {"bf16": 8, "f16": 8, "f32": 4}
+
+#: kernel file -> (entry-name patterns, whether it is rendered per dtype, extra variant axes)
+KERNELS = {
+    "barrier.ptx": {"dtyped": False},
+    "copy.ptx": {"dtyped": False},
+    "allreduce.ptx": {"dtyped": True},
+    "fused_rmsnorm.ptx": {"dtyped": True},
+    "multimem.ptx": {"dtyped": True},
+}
+#: world sizes rendered in the CPU test (any 1..MAX_WORLD renders)
+TEST_WORLDS = (1, 2, 4, 8)
+
+
+def params(dtype: str | None, world: int) -> dict:
+    if not 1 <= world <= MAX_WORLD:
+        raise ValueError(f"world size must be in 1..{MAX_WORLD} (got {world})")
+    p = {"WORLD": world, "MAX_WORLD": MAX_WORLD, "MAX_CTAS": MAX_CTAS,
+         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "DTYPE": dtype or "none"}
+    if dtype is not None:
+        if dtype not in VEC_ELEMS:
+            raise ValueError(f"unsupported PTX dtype {dtype!r}; expected one of {DTYPES}")
+        ve = VEC_ELEMS[dtype]
+        p.update(VE=ve, LOG_VE=ve.bit_length() - 1, ES=16 // ve)
+    return p
+
+
+@lru_cache(maxsize=None)
+def render(kernel: str, dtype: str | None, world: int) -> str:
+    """PTX text of ``kernel`` for ``dtype`` (None for untyped kernels) and ``world`` ranks."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel file {kernel!r}")
+    text = (KERNEL_DIR / kernel).read_text()
+    return _render(text, params(dtype, world), directory=KERNEL_DIR, name=kernel)
+
+
+def variants():
+    """Every (kernel, dtype, world) the CPU suite assembles."""
+    for kernel, spec in KERNELS.items():
+        for world in TEST_WORLDS:
+            for dtype in (DTYPES if spec["dtyped"] else (None,)):
+                yield kernel, dtype, world
