@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # On a GPU machine without network (the lent H200s): install the carried nvshmem4py wheel, then run
 # the multi-GPU test suite and (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
-# NVLink multicast stays off: this script refuses to run if NVSHMEM_DISABLE_NVLS is not set to 1.
+# NVLink multicast stays off: NVSHMEM_DISABLE_NVLS defaults to 1 and any other value is refused.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-bench}
 mkdir -p "$OUTDIR"
-if [ "${NVSHMEM_DISABLE_NVLS:-}" != "1" ]; then
-  echo "refusing to run: NVSHMEM_DISABLE_NVLS must be 1 on this machine (got '${NVSHMEM_DISABLE_NVLS:-}')"; exit 2
+export NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}  # set only when unset, never overridden
+if [ "$NVSHMEM_DISABLE_NVLS" != "1" ]; then
+  echo "refusing to run: NVSHMEM_DISABLE_NVLS must be 1 here (got '$NVSHMEM_DISABLE_NVLS')"; exit 2
 fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
