@@ -72,8 +72,9 @@ def test_bad_inputs_raise_before_launch(comm):
         comm.all_reduce(x, algorithm="threeshot")
     with pytest.raises(ValueError, match="ctas"):
         comm.all_reduce(x, ctas=0)
-    with pytest.raises(ValueError, match="divisible"):
-        comm.reduce_scatter(torch.randn(world() * 8 + 1, 8, device="cuda"))
+    if world() > 1:
+        with pytest.raises(ValueError, match="divisible"):
+            comm.reduce_scatter(torch.randn(world() * 8 + 1, 8, device="cuda"))
     with pytest.raises(ValueError, match="not on the symmetric heap"):
         wn.peer_view(x, 0)
     with pytest.raises(ValueError, match="symmetric"):

@@ -47,6 +47,12 @@ def empty(shape, dtype="float32", *, label: str = "tensor"):
         numel *= s
     nbytes = max(16, numel * torch.empty((), dtype=dtype).element_size())
     nbytes = (nbytes + 255) // 256 * 256
+    free_bytes, _ = torch.cuda.mem_get_info(rt.device_id)
+    if nbytes > free_bytes:
+        # NVSHMEM aborts the process on some failed heap growths: refuse before asking it
+        raise HeapExhaustedError(
+            f"symmetric empty: {nbytes} bytes requested but only {free_bytes} bytes of device memory are free "
+            "for the NVSHMEM heap; free symmetric tensors or allocate less")
     try:
         buf = nvshmem.buffer(nbytes)
     except Exception as exc:  # noqa: BLE001 - nvshmem raises its own types
