@@ -1,4 +1,6 @@
 """all_reduce (oneshot/twoshot/auto), reduce_scatter, all_gather vs a float64 reference."""
+import zlib
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,7 +16,7 @@ SHAPES = [(1,), (7,), (13, 5), (1000, 5120), (8191, 4096)]
 @pytest.mark.parametrize("shape", SHAPES)
 def test_all_reduce_matches_reference(comm, dtype, algorithm, shape):
     dt = DTYPES[dtype]
-    xs = all_inputs(hash((shape, dtype)) % 997, shape, dt)
+    xs = all_inputs(zlib.crc32(repr((shape, dtype)).encode()) % 997, shape, dt)
     out = poison(torch.empty(shape, dtype=dt, device="cuda"))
     y = comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
     comm.synchronize()

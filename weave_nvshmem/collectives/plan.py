@@ -33,6 +33,13 @@ def ptx_dtype(dtype, op: str) -> str:
     return PTX_DTYPE[name]
 
 
+def _vec_elems(dtype, op: str) -> int:
+    """Elements per 16-byte vector of PTX dtype ``dtype``; TypeError naming ``op`` otherwise."""
+    if dtype not in VEC_ELEMS:
+        raise TypeError(f"{op}: unsupported dtype {dtype!r} (expected one of {tuple(VEC_ELEMS)})")
+    return VEC_ELEMS[dtype]
+
+
 def _check_ctas(ctas, op):
     if ctas is None:
         return None
@@ -64,7 +71,7 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
     if algorithm not in ALLREDUCE_ALGORITHMS:
         raise ValueError(f"{op}: algorithm must be one of {ALLREDUCE_ALGORITHMS} (got {algorithm!r})")
     ctas = _check_ctas(ctas, op)
-    ve = VEC_ELEMS[dtype]
+    ve = _vec_elems(dtype, op)
     nvec = -(-nelem // ve)
     nbytes = nelem * (16 // ve)
     if algorithm == "auto":
@@ -82,7 +89,7 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
 
 def fused_block(hidden: int, dtype: str) -> tuple[int, int]:
     """(threads, vectors per thread) covering one row of ``hidden`` elements, <= 512 threads."""
-    hvec = hidden // VEC_ELEMS[dtype]
+    hvec = hidden // _vec_elems(dtype, "fused_allreduce_rmsnorm")
     for vpt in (1, 2, 4, 8):
         if hvec <= 512 * vpt:
             per_thread = -(-hvec // vpt)
@@ -96,7 +103,7 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         raise ValueError(f"{op}: algorithm must be one of {FUSED_ALGORITHMS} (got {algorithm!r})")
     ctas = _check_ctas(ctas, op)
     block, vpt = fused_block(hidden, dtype)
-    nbytes = rows * hidden * (16 // VEC_ELEMS[dtype])
+    nbytes = rows * hidden * (16 // _vec_elems(dtype, op))
     if algorithm == "auto":
         tuned = _tuned(op, world, nbytes)
         if tuned:
