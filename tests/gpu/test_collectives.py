@@ -61,7 +61,7 @@ def test_reduce_scatter_and_all_gather(comm, dtype, rows):
 
 
 def test_bad_inputs_raise_before_launch(comm):
-    x = torch.randn(64, device="cuda", dtype=torch.bfloat16)
+    x = all_inputs(3, (64,), torch.bfloat16)[0]  # the same on every rank
     with pytest.raises(TypeError, match="all_reduce"):
         comm.all_reduce(torch.ones(8, dtype=torch.int32, device="cuda"))
     with pytest.raises(ValueError, match="cuda"):

@@ -113,6 +113,8 @@ def test_fused_bad_inputs(comm):
         comm.fused_allreduce_rmsnorm(x, x[:2].clone(), w)
     with pytest.raises(ValueError, match="residual_mode"):
         comm.fused_allreduce_rmsnorm(x, None, w, residual_mode="both")
+    with pytest.raises(ValueError, match="oneshot"):
+        comm.fused_allreduce_rmsnorm(x, x.clone(), w, residual_mode="sharded", algorithm="oneshot")
     with pytest.raises(ValueError, match="2-D"):
         comm.fused_allreduce_rmsnorm(x.view(-1), None, w)
 

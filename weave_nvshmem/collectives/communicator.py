@@ -342,7 +342,7 @@ class Communicator:
             raise ValueError(f"{op}: eps must be >= 0 (got {eps})")
         if rows == 0:
             return back(o), (residual if has_res else back(rt_))
-        p = planning.plan_fused(rows, hidden, dt, self.world, algorithm, ctas)
+        p = planning.plan_fused(rows, hidden, dt, self.world, algorithm, ctas, sharded=residual_mode == "sharded")
         ch = self._prepare(op, channel, rows * hidden * xt.element_size())
         x_in, w_in = _aligned(op, xt), _aligned(op, wt.contiguous())
         flags = (1 if residual_mode == "sharded" else 0) | (2 if has_res else 0)

@@ -97,17 +97,24 @@ def fused_block(hidden: int, dtype: str) -> tuple[int, int]:
     raise ValueError(f"fused_allreduce_rmsnorm: hidden size {hidden} too large for {dtype} (max {4096 * VEC_ELEMS[dtype]})")
 
 
-def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = "auto", ctas=None) -> Launch:
+def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = "auto", ctas=None,
+               sharded: bool = False) -> Launch:
+    """One-shot (every rank normalises every row) needs the whole residual, so sharded mode is two-shot."""
     op = "fused_allreduce_rmsnorm"
     if algorithm not in FUSED_ALGORITHMS:
         raise ValueError(f"{op}: algorithm must be one of {FUSED_ALGORITHMS} (got {algorithm!r})")
+    if sharded and algorithm == "oneshot":
+        raise ValueError(f"{op}: algorithm 'oneshot' needs residual_mode='replicated' (every rank reads every "
+                         "residual row); use 'twoshot' or 'auto' with a sharded residual")
     ctas = _check_ctas(ctas, op)
     block, vpt = fused_block(hidden, dtype)
     nbytes = rows * hidden * (16 // _vec_elems(dtype, op))
     if algorithm == "auto":
         tuned = _tuned(op, world, nbytes)
-        if tuned:
+        if tuned and not (sharded and tuned[0] == "oneshot"):
             algorithm, ctas = tuned[0], ctas or tuned[1]
+        elif sharded:
+            algorithm = "twoshot"
         else:
             algorithm = "oneshot" if (world <= 2 and rows <= 64) or rows <= 16 else "twoshot"
     if ctas is None:

@@ -35,6 +35,16 @@ def is_initialized() -> bool:
     return _runtime is not None
 
 
+def _default_multicast_env(multicast: bool, environ=None) -> None:
+    """Keep multicast opt-in: without ``multicast``, default ``NVSHMEM_DISABLE_NVLS`` to ``1``.
+
+    A value already in the environment is never overridden (either way).
+    """
+    env = os.environ if environ is None else environ
+    if not multicast:
+        env.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+
+
 def init(group=None, *, multicast: bool = False) -> Runtime:
     """Initialise NVSHMEM, one PE per process. Collective over ``group`` (default: WORLD).
 
@@ -46,8 +56,7 @@ def init(group=None, *, multicast: bool = False) -> Runtime:
     import torch
     import torch.distributed as dist
 
-    if not multicast:
-        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+    _default_multicast_env(multicast)
     if "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     device_id = torch.cuda.current_device()
