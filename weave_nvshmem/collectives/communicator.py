@@ -101,10 +101,7 @@ class Communicator:
         import torch
 
         torch.cuda.synchronize()
-        if self.world > 1 and self._broken is None:
-            import torch.distributed as dist
-
-            dist.barrier()
+        # nvshmem free is collective with an implicit barrier: no peer still uses the workspaces
         for ch in self._channels:
             ch.free()
         self._channels = None
