@@ -1,0 +1,205 @@
+"""Host <-> kernel ABI without a GPU: the Communicator's launches name entry points that exist
+and pass arguments whose types match the entry's .param list, in order.
+
+The Communicator is built without __init__ (no CUDA, no NVSHMEM): its kernel library and the
+``launch`` function are replaced by recorders, tensors are CPU tensors (only their addresses and
+shapes matter here).
+"""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from weave_nvshmem.collectives import communicator, plan  # noqa: E402
+from weave_nvshmem.collectives.communicator import CommOptions, Communicator  # noqa: E402
+from weave_nvshmem.ptx import catalog  # noqa: E402
+
+NP_TO_PTX = {np.uint64: "u64", np.uint32: "u32", np.int64: "s64", np.float32: "f32"}
+TORCH_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+
+
+def entry_signature(file, dtype, world, entry):
+    """([param types], maxntid) of ``entry`` in the rendered ``file``."""
+    text = re.sub(r"//[^\n]*", "", catalog.render(file, dtype, world))  # comments may hold ')'
+    m = re.search(rf"\.entry\s+{re.escape(entry)}\s*\((.*?)\)\s*(\.maxntid\s+(\d+))?", text, re.S)
+    assert m, f"{file} ({dtype}, w{world}) has no entry {entry}"
+    types = re.findall(r"\.param\s+\.(\w+)\s+\w+", m.group(1))
+    return types, int(m.group(3)) if m.group(3) else 1024
+
+
+class Recorder:
+    def __init__(self):
+        self.requests = []
+        self.launches = []
+
+    def kernel(self, file, entry, dtype=None, world=1):
+        key = (file, entry, dtype, world)
+        self.requests.append(key)
+        return key
+
+    def launch(self, stream, grid, block, kernel, *args):
+        self.launches.append((grid, block, kernel, args))
+
+
+@pytest.fixture
+def make_comm(monkeypatch):
+    rec = Recorder()
+    monkeypatch.setattr(communicator, "launch", rec.launch)
+
+    def _validate(self, op, xt):  # the real one, less its insistence on a CUDA tensor
+        self._usable(op)
+        dt = plan.ptx_dtype(xt.dtype, op)
+        communicator._check_contiguous(op, x=xt)
+        return dt
+
+    monkeypatch.setattr(Communicator, "_validate", _validate)
+    monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", "/nonexistent/tuning.json")
+
+    def make(world, rank=0):
+        comm = object.__new__(Communicator)
+        comm.options = CommOptions(timeout_s=1.5)
+        comm.rank, comm.world, comm.device_id = rank, world, 0
+        comm._kernels = rec
+        comm._err = SimpleNamespace(words=np.zeros(4, np.uint32), device_ptr=0x7000)
+        comm._channels = [SimpleNamespace(cap=1 << 30, ws=0x10_0000,
+                                          deltas=tuple(np.int64(p << 32) for p in range(world)))]
+        comm._broken = None
+        return comm, rec
+
+    return make
+
+
+def check_launch(rec):
+    assert len(rec.launches) == 1
+    grid, block, (file, entry, dtype, world), args = rec.launches[0]
+    types, maxntid = entry_signature(file, dtype, world, entry)
+    got = [NP_TO_PTX.get(type(a), type(a).__name__) for a in args]
+    assert got == types, f"{entry}: host passes {got}, kernel declares {types}"
+    assert 1 <= grid <= catalog.MAX_CTAS
+    assert 32 <= block <= maxntid and block % 32 == 0
+    rec.launches.clear()
+    return entry, args
+
+
+WORLDS = (1, 2, 4, 8)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+@pytest.mark.parametrize("algorithm", ["auto", "oneshot", "twoshot"])
+def test_all_reduce_launch(make_comm, world, dt, algorithm):
+    comm, rec = make_comm(world, rank=world - 1)
+    for n in (1, 13, 4096):
+        x = torch.zeros(n, dtype=TORCH_DTYPES[dt])
+        out = comm.all_reduce(x, algorithm=algorithm)
+        entry, args = check_launch(rec)
+        assert entry.startswith("wn_allreduce_") and entry.endswith(f"_{dt}_w{world}")
+        assert int(args[0]) == out.data_ptr() and int(args[2]) == n and int(args[3]) == 0
+        assert int(args[6]) == world - 1  # rank
+        assert int(args[7]) == 1_500_000_000  # timeout in ns
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+@pytest.mark.parametrize("op,flag", [("reduce_scatter", 1), ("all_gather", 2)])
+def test_scatter_gather_launch(make_comm, world, op, flag):
+    comm, rec = make_comm(world)
+    x = torch.zeros(world * 4, 8, dtype=torch.float16)
+    out = getattr(comm, op)(x)
+    entry, args = check_launch(rec)
+    assert entry == f"wn_allreduce_twoshot_f16_w{world}"
+    assert int(args[3]) == flag
+    assert int(args[2]) == (x.numel() if op == "reduce_scatter" else x.numel() * world)
+    assert tuple(out.shape) == ((4, 8) if op == "reduce_scatter" else (world * world * 4, 8))
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot"])
+def test_fused_launch_every_vpt(make_comm, world, dt, algorithm):
+    comm, rec = make_comm(world)
+    ve = catalog.VEC_ELEMS[dt]
+    seen = set()
+    for hidden in (ve, 512 * ve, 512 * ve + ve, 1024 * ve + ve, 4096 * ve):
+        tdt = TORCH_DTYPES[dt]
+        x = torch.zeros(5, hidden, dtype=tdt)
+        cases = [(torch.zeros(5, hidden, dtype=tdt), "replicated"), (None, "replicated")]
+        if algorithm == "twoshot":  # one-shot needs every residual row: replicated only
+            cases += [(torch.zeros(5, hidden, dtype=tdt), "sharded"), (None, "sharded")]
+        for residual, mode in cases:
+            comm.fused_allreduce_rmsnorm(x, residual, torch.ones(hidden, dtype=tdt), 1e-5,
+                                         residual_mode=mode, algorithm=algorithm)
+            entry, args = check_launch(rec)
+            assert entry.startswith(f"wn_fused_{algorithm}_{dt}_w{world}_v")
+            seen.add(entry.rsplit("_v", 1)[1])
+            flags = int(args[7])
+            assert flags == (1 if mode == "sharded" else 0) | (2 if residual is not None else 0)
+            assert int(args[4]) == 5 and int(args[5]) == hidden and float(args[6]) == pytest.approx(1e-5)
+    assert seen == {"1", "2", "4", "8"}
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_barrier_launch(make_comm, world):
+    comm, rec = make_comm(world)
+    comm.barrier()
+    entry, args = check_launch(rec)
+    assert entry == f"wn_barrier_w{world}"
+    assert int(args[5]) == communicator.OP_IDS["barrier"]
+
+
+def test_copy_kernel_signature():
+    types, _ = entry_signature("copy.ptx", None, 1, "wn_copy")
+    assert types == ["u64", "u64", "u64"]  # Communicator.put: remote, src, nbytes
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+def test_multimem_signatures_extend_the_p2p_ones(world, dt):
+    """multimem entries take the P2P twins' parameters plus p_mc_ws before the common block."""
+    common, _ = entry_signature("barrier.ptx", None, world, f"wn_barrier_w{world}")
+    ar, _ = entry_signature("allreduce.ptx", dt, world, f"wn_allreduce_twoshot_{dt}_w{world}")
+    mm, _ = entry_signature("multimem.ptx", dt, world, f"wn_allreduce_multimem_{dt}_w{world}")
+    n = len(ar) - len(common)
+    assert mm == ar[:n] + ["u64"] + common
+    for vpt in (1, 2, 4, 8):
+        fu, _ = entry_signature("fused_rmsnorm.ptx", dt, world, f"wn_fused_twoshot_{dt}_w{world}_v{vpt}")
+        fm, maxntid = entry_signature("multimem.ptx", dt, world, f"wn_fused_multimem_{dt}_w{world}_v{vpt}")
+        n = len(fu) - len(common)
+        assert fm == fu[:n] + ["u64"] + common
+        assert maxntid >= 512
+
+
+def test_empty_inputs_launch_nothing(make_comm):
+    comm, rec = make_comm(2)
+    comm.all_reduce(torch.zeros(0, dtype=torch.float32))
+    comm.fused_allreduce_rmsnorm(torch.zeros(0, 8, dtype=torch.bfloat16), None, torch.ones(8, dtype=torch.bfloat16))
+    assert rec.launches == []
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda c: c.all_reduce(torch.zeros(4, dtype=torch.float64)), "all_reduce: unsupported dtype"),
+    (lambda c: c.all_reduce(torch.zeros(4), algorithm="nope"), "all_reduce: algorithm"),
+    (lambda c: c.all_reduce(torch.zeros(4), ctas=0), "all_reduce: ctas"),
+    (lambda c: c.reduce_scatter(torch.zeros(3, 4)), "reduce_scatter: x.shape"),
+    (lambda c: c.all_gather(torch.zeros(1, 2)), "all_gather: each rank's chunk"),
+    (lambda c: c.fused_allreduce_rmsnorm(torch.zeros(2, 12, dtype=torch.bfloat16), None,
+                                         torch.ones(12, dtype=torch.bfloat16)), "hidden size"),
+    (lambda c: c.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(16),
+                                         residual_mode="halved"), "residual_mode"),
+    (lambda c: c.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(8)), "weight must be"),
+    (lambda c: c.fused_allreduce_rmsnorm(torch.zeros(2, 16), torch.zeros(3, 16), torch.ones(16)), "residual must be"),
+    (lambda c: c.fused_allreduce_rmsnorm(torch.zeros(16), None, torch.ones(16)), "must be 2-D"),
+    (lambda c: c.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(16), residual_mode="sharded",
+                                         algorithm="oneshot"), "oneshot"),
+    (lambda c: c.all_reduce(torch.zeros(4, 4).t()), "contiguous"),
+    (lambda c: c.all_reduce([1.0, 2.0]), "torch tensor or CuPy array"),
+])
+def test_bad_input_names_the_op(make_comm, call, match):
+    comm, rec = make_comm(2)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(comm)
+    assert rec.launches == []

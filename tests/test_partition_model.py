@@ -1,0 +1,175 @@
+"""A pure-numpy model of the P2P kernels' data partition (allreduce.ptx, fused_rmsnorm.ptx twoshot).
+
+It replays the index arithmetic of the kernels' loops -- segment r = vectors [ss_r, ss_{r+1}),
+ss_r = nvec*r//W; block b, thread t handles segment-local j = b*ntid + t + k*grid*ntid, j < jn =
+ceil(nvec/W) -- and checks what the protocol relies on: every vector is pushed exactly once to its
+owner by every rank, reduced once by its owner, gathered exactly once by each other rank, and all
+of that by the same block index on every rank (so block-pairwise barriers suffice). It also runs
+the data through the model (fp32 sums in rank order) to check results, including partial last
+vectors.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from weave_nvshmem.collectives.plan import owned_rows, plan_all_reduce
+
+
+def segments(nvec, world):
+    return [nvec * r // world for r in range(world + 1)]
+
+
+def thread_js(b, t, grid, ntid, jn):
+    j = b * ntid + t
+    while j < jn:
+        yield j
+        j += grid * ntid
+
+
+def twoshot_model(nvec, world, grid, ntid):
+    """(pushes, reduces, gathers) as the twoshot kernel would perform them.
+
+    pushes[(src, dst, v)] / reduces[(rank, v)] / gathers[(rank, v)] count operations;
+    block_of[(phase, rank, v)] is the block that did it.
+    """
+    ss = segments(nvec, world)
+    jn = -(-nvec // world)
+    pushes, reduces, gathers = Counter(), Counter(), Counter()
+    block_of = {}
+    for rank in range(world):
+        for b in range(grid):
+            for t in range(ntid):
+                # phase 1: push vector ss_r + j to its owner r
+                for j in thread_js(b, t, grid, ntid, jn):
+                    for r in range(world):
+                        v = ss[r] + j
+                        if v < ss[r + 1]:
+                            pushes[(rank, r, v)] += 1
+                            block_of[("push", rank, v)] = b
+                # phase 2: the owner sums v = ss_rank + j while v < ss_{rank+1} (no jn bound)
+                j = b * ntid + t
+                while ss[rank] + j < ss[rank + 1]:
+                    v = ss[rank] + j
+                    reduces[(rank, v)] += 1
+                    block_of[("reduce", rank, v)] = b
+                    j += grid * ntid
+                # phase 3: pull every other owner's segment
+                for j in thread_js(b, t, grid, ntid, jn):
+                    for r in range(world):
+                        v = ss[r] + j
+                        if v < ss[r + 1] and r != rank:
+                            gathers[(rank, v)] += 1
+                            block_of[("gather", rank, v)] = b
+    return ss, pushes, reduces, gathers, block_of
+
+
+def owner(v, ss):
+    return next(r for r in range(len(ss) - 1) if ss[r] <= v < ss[r + 1])
+
+
+CASES = [(nvec, world, grid, ntid)
+         for nvec in (1, 3, 7, 37, 129, 1001)
+         for world in (1, 2, 3, 4, 8)
+         for grid, ntid in ((1, 32), (3, 32), (2, 64))]
+
+
+@pytest.mark.parametrize("nvec,world,grid,ntid", CASES)
+def test_twoshot_partition(nvec, world, grid, ntid):
+    ss, pushes, reduces, gathers, block_of = twoshot_model(nvec, world, grid, ntid)
+    assert ss[0] == 0 and ss[-1] == nvec
+    for src in range(world):
+        for v in range(nvec):
+            o = owner(v, ss)
+            assert pushes[(src, o, v)] == 1, (src, v)
+            # the pushing block of every rank is the reducing block of the owner
+            assert block_of[("push", src, v)] == block_of[("reduce", o, v)]
+    assert sum(pushes.values()) == world * nvec  # nothing pushed to a non-owner
+    assert sorted(reduces) == sorted((owner(v, ss), v) for v in range(nvec))
+    assert set(reduces.values()) == ({1} if nvec else set())
+    for rank in range(world):
+        for v in range(nvec):
+            o = owner(v, ss)
+            assert gathers[(rank, v)] == (0 if o == rank else 1), (rank, v)
+            if o != rank:
+                # the gathering block waited (barrier 1) for the block of the owner that wrote v
+                assert block_of[("gather", rank, v)] == block_of[("reduce", o, v)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("nelem", [1, 5, 9, 8 * 13 + 3, 999, 4099])
+@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot"])
+def test_allreduce_dataflow_bitwise_identical(world, nelem, algorithm):
+    """Run data through the model: bf16-like vectors of VE=8, partial last vector zero-filled."""
+    ve = 8
+    launch = plan_all_reduce(nelem, "bf16", world, algorithm)
+    grid, ntid = min(launch.grid, 4), 32  # a smaller block keeps the model fast; the partition is generic
+    nvec = -(-nelem // ve)
+    rng = np.random.default_rng(nelem * 31 + world)
+    inputs = rng.standard_normal((world, nelem)).astype(np.float32)
+    padded = np.zeros((world, nvec * ve), np.float32)
+    padded[:, :nelem] = inputs
+    vecs = padded.reshape(world, nvec, ve)
+    # staging[dst][src] holds what src pushed to dst
+    staging = np.full((world, world, nvec, ve), np.nan, np.float32)
+    out = np.full((world, nvec, ve), np.nan, np.float32)
+    if algorithm == "oneshot":
+        for src in range(world):
+            staging[:, src] = vecs[src]
+        for rank in range(world):
+            acc = staging[rank, 0].copy()
+            for p in range(1, world):
+                acc = acc + staging[rank, p]
+            out[rank] = acc
+    else:
+        ss, pushes, reduces, gathers, _ = twoshot_model(nvec, world, grid, ntid)
+        for (src, dst, v) in pushes:
+            staging[dst, src, v] = vecs[src, v]
+        result = np.full((world, nvec, ve), np.nan, np.float32)
+        for (rank, v) in reduces:
+            acc = staging[rank, 0, v].copy()
+            for p in range(1, world):
+                acc = acc + staging[rank, p, v]
+            out[rank, v] = result[rank, v] = acc
+        for (rank, v) in gathers:
+            out[rank, v] = result[owner(v, ss), v]
+    flat = out.reshape(world, -1)[:, :nelem]
+    assert not np.isnan(flat).any()
+    for rank in range(1, world):
+        assert np.array_equal(flat[rank].view(np.uint32), flat[0].view(np.uint32))
+    np.testing.assert_allclose(flat[0], inputs.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+@pytest.mark.parametrize("chunk_vecs", [1, 3, 17])
+def test_reduce_scatter_and_all_gather_chunks(world, chunk_vecs):
+    """flags&1 / flags&2: with whole-vector chunks, segment r is exactly rank r's chunk."""
+    nvec = world * chunk_vecs
+    ss, pushes, reduces, gathers, _ = twoshot_model(nvec, world, 3, 32)
+    for r in range(world):
+        assert (ss[r], ss[r + 1]) == (r * chunk_vecs, (r + 1) * chunk_vecs)
+        mine = sorted(v for (rank, v) in reduces if rank == r)
+        assert mine == list(range(r * chunk_vecs, (r + 1) * chunk_vecs))
+        # the chunk-local index j = v - ss_r addresses rank r's reduce-scatter output / gather input
+        assert [v - ss[r] for v in mine] == list(range(chunk_vecs))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3, 7, 64, 1000])
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("grid", [1, 3, 8])
+def test_fused_twoshot_rows(rows, world, grid):
+    """fused_rmsnorm twoshot: the same partition over rows with one 'thread' per block."""
+    ss, pushes, reduces, gathers, block_of = twoshot_model(rows, world, grid, 1)
+    for r in range(world):
+        assert range(ss[r], ss[r + 1]) == owned_rows(rows, r, world)
+    per_owner = defaultdict(list)
+    for (rank, row) in reduces:
+        per_owner[rank].append(row)
+        assert block_of[("reduce", rank, row)] == (row - ss[rank]) % grid
+    for r in range(world):
+        assert sorted(per_owner[r]) == list(owned_rows(rows, r, world))
+    for rank in range(world):
+        got = sorted(row for (g, row) in gathers if g == rank)
+        assert got == [row for row in range(rows) if row not in owned_rows(rows, rank, world)]

@@ -1,0 +1,214 @@
+"""Launch planning: every rank must derive the same, valid launch from the same inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from weave_nvshmem.collectives import plan
+from weave_nvshmem.collectives.plan import Launch, fused_block, owned_rows, plan_all_reduce, plan_fused
+from weave_nvshmem.ptx.catalog import MAX_CTAS, MAX_WORLD, VEC_ELEMS
+
+DTYPES = tuple(VEC_ELEMS)
+WORLDS = (1, 2, 4, 8)
+NELEMS = (1, 7, 8, 1000, 4096, 65537, 1 << 20, (1 << 24) + 3, 1 << 28)
+ROWS = (0, 1, 3, 7, 16, 17, 64, 65, 1000, 8191)
+
+
+@pytest.fixture(autouse=True)
+def no_tuning_table(tmp_path, monkeypatch):
+    """Plan from the built-in heuristics, not from a tuning.json a benchmark may have written."""
+    monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", str(tmp_path / "absent.json"))
+
+
+def hiddens(dtype):
+    ve = VEC_ELEMS[dtype]
+    top = 4096 * ve
+    return sorted({ve, 2 * ve, 33 * ve, 1024, 2048, 4096, 4104, 5120, 8192, top - ve, top})
+
+
+# ---- all-reduce ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("algorithm", plan.ALLREDUCE_ALGORITHMS)
+def test_plan_all_reduce_valid_and_deterministic(dtype, world, algorithm):
+    for nelem in NELEMS:
+        p = plan_all_reduce(nelem, dtype, world, algorithm)
+        assert p == plan_all_reduce(nelem, dtype, world, algorithm)
+        assert isinstance(p, Launch)
+        assert p.algorithm in ("oneshot", "twoshot")
+        if algorithm != "auto":
+            assert p.algorithm == algorithm
+        assert 1 <= p.grid <= MAX_CTAS and isinstance(p.grid, int)
+        assert 32 <= p.block <= 1024 and p.block % 32 == 0
+        assert p.vpt == 1
+
+
+def test_plan_all_reduce_zero_elements_still_launchable():
+    p = plan_all_reduce(0, "bf16", 4)
+    assert p.grid >= 1
+
+
+@pytest.mark.parametrize("ctas", [1, 5, MAX_CTAS])
+def test_plan_all_reduce_explicit_ctas(ctas):
+    for algorithm in plan.ALLREDUCE_ALGORITHMS:
+        assert plan_all_reduce(1 << 20, "f16", 8, algorithm, ctas).grid == ctas
+
+
+def test_plan_all_reduce_auto_picks_oneshot_for_small_inputs():
+    assert plan_all_reduce(1024, "bf16", 8).algorithm == "oneshot"
+    assert plan_all_reduce(1 << 26, "bf16", 8).algorithm == "twoshot"
+
+
+# ---- fused -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_block_covers_the_row(dtype):
+    ve = VEC_ELEMS[dtype]
+    for hidden in list(hiddens(dtype)) + list(range(ve, 4096 * ve + 1, 7 * ve)):
+        threads, vpt = fused_block(hidden, dtype)
+        assert (threads, vpt) == fused_block(hidden, dtype)
+        assert vpt in (1, 2, 4, 8)
+        assert threads % 32 == 0 and 32 <= threads <= 512
+        assert threads * vpt * ve >= hidden, (hidden, threads, vpt)
+        # the smallest VPT that fits: one VPT step down would need more than 512 threads
+        if vpt > 1:
+            assert hidden // ve > 512 * (vpt // 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_block_rejects_too_large_rows(dtype):
+    with pytest.raises(ValueError, match="fused_allreduce_rmsnorm"):
+        fused_block(4096 * VEC_ELEMS[dtype] + VEC_ELEMS[dtype], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("algorithm", plan.FUSED_ALGORITHMS)
+def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
+    ve = VEC_ELEMS[dtype]
+    for rows in ROWS:
+        for hidden in hiddens(dtype):
+            p = plan_fused(rows, hidden, dtype, world, algorithm)
+            assert p == plan_fused(rows, hidden, dtype, world, algorithm)
+            assert p.algorithm in ("oneshot", "twoshot")
+            if algorithm != "auto":
+                assert p.algorithm == algorithm
+            assert 1 <= p.grid <= MAX_CTAS
+            assert p.block % 32 == 0 and 32 <= p.block <= 512
+            assert p.vpt in (1, 2, 4, 8)
+            assert p.block * p.vpt * ve >= hidden
+            assert (p.block, p.vpt) == fused_block(hidden, dtype)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_plan_fused_sharded_is_twoshot(rows):
+    assert plan_fused(rows, 4096, "bf16", 8, sharded=True).algorithm == "twoshot"
+    assert plan_fused(rows, 4096, "bf16", 8, "twoshot", sharded=True).algorithm == "twoshot"
+    with pytest.raises(ValueError, match="fused_allreduce_rmsnorm: algorithm 'oneshot'"):
+        plan_fused(rows, 4096, "bf16", 8, "oneshot", sharded=True)
+
+
+def test_plan_fused_explicit_ctas():
+    assert plan_fused(1000, 4096, "bf16", 8, "twoshot", 77).grid == 77
+
+
+def test_plan_fused_auto_decode_vs_prefill():
+    assert plan_fused(8, 4096, "bf16", 8).algorithm == "oneshot"
+    assert plan_fused(4096, 4096, "bf16", 8).algorithm == "twoshot"
+
+
+# ---- tuning table ----------------------------------------------------------------------------
+
+def test_tuning_table_is_honoured(tmp_path, monkeypatch):
+    table = {"all_reduce": {"4": [{"bytes": 4096, "algorithm": "twoshot", "ctas": 3},
+                                  {"bytes": 1024, "algorithm": "oneshot", "ctas": 5}]},
+             "fused_allreduce_rmsnorm": {"2": [{"bytes": 1 << 30, "algorithm": "twoshot", "ctas": 9}]}}
+    heuristic = {args: plan_all_reduce(*args) for args in [(1 << 20, "f32", 4), (256, "f32", 2)]}
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", str(path))
+    # smallest measured size >= the input's bytes
+    assert plan_all_reduce(256, "f32", 4) == Launch("oneshot", 5, 512)
+    assert plan_all_reduce(257, "f32", 4) == Launch("twoshot", 3, 512)
+    # explicit ctas win over the table; explicit algorithms ignore it
+    assert plan_all_reduce(257, "f32", 4, ctas=2).grid == 2
+    assert plan_all_reduce(257, "f32", 4, "oneshot").algorithm == "oneshot"
+    # beyond the largest measured size, or another world size: the heuristics
+    for args, launch in heuristic.items():
+        assert plan_all_reduce(*args) == launch
+    p = plan_fused(8, 4096, "bf16", 2)
+    assert (p.algorithm, p.grid) == ("twoshot", 9)
+
+
+# ---- owned rows ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows", [0, 1, 3, 7, 1000, 8191])
+@pytest.mark.parametrize("world", WORLDS)
+def test_owned_rows_partition(rows, world):
+    ranges = [owned_rows(rows, r, world) for r in range(world)]
+    seen = [i for rg in ranges for i in rg]
+    assert seen == list(range(rows))  # every row exactly once, in rank order
+    sizes = [len(rg) for rg in ranges]
+    assert max(sizes) - min(sizes) <= 1
+    for r, rg in enumerate(ranges):
+        assert isinstance(rg, range) and rg.step == 1
+        assert rg == owned_rows(rows, r, world)
+
+
+def test_owned_rows_fewer_rows_than_ranks():
+    got = [list(owned_rows(3, r, 8)) for r in range(8)]
+    assert sum(got, []) == [0, 1, 2]
+    assert sum(1 for g in got if not g) == 5
+
+
+def test_owned_rows_is_exported_at_top_level():
+    import weave_nvshmem
+
+    assert weave_nvshmem.owned_rows is owned_rows
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn,op", [
+    (lambda **kw: plan_all_reduce(1024, "bf16", 2, **kw), "all_reduce"),
+    (lambda **kw: plan_fused(16, 1024, "bf16", 2, **kw), "fused_allreduce_rmsnorm"),
+])
+def test_bad_algorithm_and_ctas(fn, op):
+    for algorithm in ("multimem-ish", "", None, "ONESHOT"):
+        with pytest.raises(ValueError, match=f"{op}: algorithm"):
+            fn(algorithm=algorithm)
+    for ctas in (0, -1, MAX_CTAS + 1, 2.0, "4"):
+        with pytest.raises(ValueError, match=f"{op}: ctas"):
+            fn(ctas=ctas)
+
+
+@pytest.mark.parametrize("bad", ["f64", "bfloat16", "int8", None])
+def test_bad_dtype(bad):
+    with pytest.raises(TypeError, match="all_reduce"):
+        plan_all_reduce(1024, bad, 2)
+    with pytest.raises(TypeError, match="fused_allreduce_rmsnorm"):
+        plan_fused(16, 1024, bad, 2)
+    with pytest.raises(TypeError, match="fused_allreduce_rmsnorm"):
+        fused_block(1024, bad)
+
+
+def test_ptx_dtype_maps_torch_dtypes():
+    torch = pytest.importorskip("torch")
+    assert plan.ptx_dtype(torch.bfloat16, "op") == "bf16"
+    assert plan.ptx_dtype(torch.float16, "op") == "f16"
+    assert plan.ptx_dtype(torch.float32, "op") == "f32"
+    for bad in (torch.float64, torch.int32, torch.uint8):
+        with pytest.raises(TypeError, match="my_op: unsupported dtype"):
+            plan.ptx_dtype(bad, "my_op")
+
+
+def test_staging_bytes_rounds_to_vectors():
+    assert plan.staging_bytes("all_reduce", 0, 2) == 0
+    assert plan.staging_bytes("all_reduce", 1, 2) == 16
+    assert plan.staging_bytes("all_reduce", 32, 8) == 32
+
+
+def test_world_limit_matches_catalog():
+    assert MAX_WORLD == 8
