@@ -129,12 +129,6 @@ def test_stream_handle_objects(stream, handle):
     assert h == handle and isinstance(h, int)
 
 
-def test_stream_handle_round_trips_through_protocol_adapter():
-    wrapped = loader._StreamHandle(77)
-    assert wrapped.__cuda_stream__() == (0, 77)
-    assert loader.stream_handle(wrapped) == 77
-
-
 @pytest.mark.parametrize("bad", [object(), "stream", 1.5, [1], {"ptr": 3}])
 def test_stream_handle_rejects_others(bad):
     with pytest.raises(TypeError, match="CUDA stream"):

@@ -41,6 +41,8 @@ def params(dtype: str | None, world: int) -> dict:
     if not 1 <= world <= MAX_WORLD:
         raise ValueError(f"world size must be in 1..{MAX_WORLD} (got {world})")
     p = {"WORLD": world, "MAX_WORLD": MAX_WORLD, "MAX_CTAS": MAX_CTAS,
+         # vectors each thread keeps in flight per peer/segment: ~16 loads in flight whatever WORLD
+         "UNROLL": min(4, max(1, 16 // world)),
          "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "DTYPE": dtype or "none"}
     if dtype is not None:
         if dtype not in VEC_ELEMS:

@@ -102,16 +102,17 @@ class KernelLibrary:
         return k
 
 
-class _StreamHandle:
-    """Adapts a raw stream handle to the CUDA stream protocol that cuda.core accepts."""
+_streams: dict = {}
 
-    __slots__ = ("handle",)
 
-    def __init__(self, handle: int):
-        self.handle = handle
+def _core_stream(handle: int):
+    """A non-owning cuda.core Stream for a raw handle (cached: torch/CuPy streams live long)."""
+    s = _streams.get(handle)
+    if s is None:
+        from cuda.core import Stream
 
-    def __cuda_stream__(self):
-        return (0, self.handle)
+        s = _streams[handle] = Stream.from_handle(handle)
+    return s
 
 
 def stream_handle(stream) -> int:
@@ -135,7 +136,7 @@ def launch(stream, grid: int, block: int, kernel, *args) -> None:
     from cuda.core import LaunchConfig, launch as _launch
 
     try:
-        _launch(_StreamHandle(stream_handle(stream)), LaunchConfig(grid=grid, block=block), kernel, *args)
+        _launch(_core_stream(stream_handle(stream)), LaunchConfig(grid=grid, block=block), kernel, *args)
     except Exception as exc:  # noqa: BLE001
         raise CudaError(f"kernel launch failed: {exc}") from exc
 
