@@ -79,11 +79,14 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
         if tuned:
             algorithm, ctas = tuned[0], ctas or tuned[1]
         else:
-            algorithm = "oneshot" if (world <= 2 or nbytes <= 1024 * 1024) else "twoshot"
+            # crossover measured on H200 (bench/allreduce-*.json): 4 MB at 2 ranks, 1 MB at 4
+            algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else "twoshot"
     block = 512
     if ctas is None:
         per_rank = nvec if algorithm == "oneshot" else -(-nvec // world)
-        ctas = max(1, min(32 if algorithm == "twoshot" else 16, -(-per_rank // (2 * block))))
+        # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
+        cap = 16 if algorithm == "oneshot" else (64 if world <= 2 else 32)
+        ctas = max(1, min(cap, -(-per_rank // (2 * block))))
     return Launch(algorithm, ctas, block)
 
 
@@ -119,9 +122,9 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
             algorithm = "oneshot" if (world <= 2 and rows <= 64) or rows <= 16 else "twoshot"
     if ctas is None:
         # one row per block at a time: more rows per rank want more blocks (measured: time halves
-        # with each doubling up to 32 blocks at 1024+ tokens on 4xH200)
+        # with each doubling up to 32 blocks at 1024+ tokens on 2 and 4 H200s)
         per_rank_rows = rows if algorithm == "oneshot" else -(-rows // world)
-        ctas = max(1, min(16 if algorithm == "oneshot" else 32, per_rank_rows))
+        ctas = max(1, min(16 if algorithm == "oneshot" else 64, per_rank_rows))
     return Launch(algorithm, ctas, block, vpt)
 
 
