@@ -17,6 +17,8 @@ else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
+# the tree travels without .git: record the commit the caller passes (bench JSON)
+export WEAVE_NVSHMEM_COMMIT=${WEAVE_NVSHMEM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 nvidia-smi -L
 rc=0
 if [ "${SKIP_TESTS:-0}" != "1" ]; then

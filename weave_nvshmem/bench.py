@@ -93,6 +93,9 @@ def _slug(name: str) -> str:
 
 
 def _git_commit() -> str:
+    """HEAD of the checkout, or $WEAVE_NVSHMEM_COMMIT where the tree travelled without .git."""
+    if os.environ.get("WEAVE_NVSHMEM_COMMIT"):
+        return os.environ["WEAVE_NVSHMEM_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
                              text=True, timeout=10)
