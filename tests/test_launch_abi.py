@@ -66,7 +66,7 @@ def make_comm(monkeypatch):
         comm.rank, comm.world, comm.device_id = rank, world, 0
         comm._kernels = rec
         comm._err = SimpleNamespace(words=np.zeros(4, np.uint32), device_ptr=0x7000)
-        comm._channels = [SimpleNamespace(cap=1 << 30, ws=0x10_0000,
+        comm._channels = [SimpleNamespace(cap=1 << 30, ws=0x10_0000, mc_ws=0,
                                           deltas=tuple(np.int64(p << 32) for p in range(world)))]
         comm._broken = None
         return comm, rec
@@ -203,3 +203,43 @@ def test_bad_input_names_the_op(make_comm, call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call(comm)
     assert rec.launches == []
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+def test_multicast_channel_selects_multimem_kernels_only_for_two_shot(make_comm, world, dt):
+    """With a multicast address bound, two-shot ops take the multimem twins (ABI checked); one-shot,
+    reduce-scatter and all-gather stay P2P. Without one (the default), nothing multimem launches."""
+    comm, rec = make_comm(world)
+    tdt = TORCH_DTYPES[dt]
+    x = torch.zeros(world * 64, 8, dtype=tdt)
+    comm.all_reduce(x, algorithm="twoshot")
+    assert check_launch(rec)[0].startswith("wn_allreduce_twoshot_")
+    comm._channels[0].mc_ws = 0x99_0000
+    entry, args = check_launch(rec) if comm.all_reduce(x, algorithm="twoshot") is not None else None
+    assert entry == f"wn_allreduce_multimem_{dt}_w{world}" and int(args[4]) == 0x99_0000
+    comm.all_reduce(x, algorithm="oneshot")
+    assert check_launch(rec)[0].startswith("wn_allreduce_oneshot_")
+    comm.reduce_scatter(x)
+    assert check_launch(rec)[0].startswith("wn_allreduce_twoshot_")
+    h = 1024
+    comm.fused_allreduce_rmsnorm(torch.zeros(33, h, dtype=tdt), torch.zeros(33, h, dtype=tdt),
+                                 torch.ones(h, dtype=tdt), algorithm="twoshot", residual_mode="sharded")
+    entry, args = check_launch(rec)
+    assert entry.startswith(f"wn_fused_multimem_{dt}_w{world}_v") and int(args[8]) == 0x99_0000
+
+
+def test_multicast_unavailable_falls_back_to_p2p_with_reason(make_comm):
+    from weave_nvshmem.errors import MulticastUnavailable
+
+    comm, rec = make_comm(4)
+
+    def refuse():
+        raise MulticastUnavailable("NVLink SHARP/multicast disabled by NVSHMEM_DISABLE_NVLS=1")
+
+    comm._channels[0].map_multicast = refuse
+    with pytest.warns(UserWarning, match="NVSHMEM_DISABLE_NVLS"):
+        comm._map_multicast()
+    assert "NVSHMEM_DISABLE_NVLS" in comm.multicast_reason and comm._channels[0].mc_ws == 0
+    comm.all_reduce(torch.zeros(4096, dtype=torch.bfloat16), algorithm="twoshot")
+    assert check_launch(rec)[0] == "wn_allreduce_twoshot_bf16_w4"

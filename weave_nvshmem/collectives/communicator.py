@@ -26,11 +26,14 @@ OP_IDS = {v: k for k, v in OPS.items()}
 @dataclass(frozen=True)
 class CommOptions:
     """``timeout_s``: bound on every cross-rank wait; ``channels``: independent workspaces;
-    ``initial_bytes``: staging capacity per channel reserved up front."""
+    ``initial_bytes``: staging capacity per channel reserved up front; ``multicast``: use the
+    NVLink-multicast (multimem) kernels for two-shot ops where a multicast object exists (needs
+    ``init(multicast=True)``; refused, falling back to P2P, when NVSHMEM_DISABLE_NVLS is set)."""
 
     timeout_s: float = 30.0
     channels: int = 2
     initial_bytes: int = 1 << 20
+    multicast: bool = False
 
     def __post_init__(self):
         if not self.timeout_s > 0:
@@ -62,6 +65,13 @@ class _Channel:
         self.ws = self.buf.data_ptr()
         alloc = heap.allocation_of(self.buf, op="Communicator")
         self.deltas = tuple(np.int64(p - alloc.base if p else 0) for p in alloc.peer_bases)
+        self.mc_ws = 0  # multicast address of ws, when the multimem kernels may run
+
+    def map_multicast(self):
+        """Multicast address of the workspace, or MulticastUnavailable (never creates one itself)."""
+        from ..memory.multicast import multicast_view
+
+        self.mc_ws = multicast_view(self.buf).data_ptr()
 
     def free(self):
         heap.free(self.buf)
@@ -87,6 +97,10 @@ class Communicator:
         self._err = HostMappedWords(4)
         self._channels = [_Channel(self.world, self.options.initial_bytes, i) for i in range(self.options.channels)]
         self._broken = None
+        #: why the multimem kernels are not used (None when they are)
+        self.multicast_reason = "not requested (CommOptions(multicast=True))"
+        if self.options.multicast:
+            self._map_multicast()
         torch.cuda.synchronize()
         if self.world > 1:
             import torch.distributed as dist
@@ -114,6 +128,21 @@ class Communicator:
         self.close()
         return False
 
+    def _map_multicast(self):
+        """Bind every channel to its multicast address, or record why not and stay on P2P."""
+        import warnings
+
+        try:
+            for ch in self._channels:
+                ch.map_multicast()
+            self.multicast_reason = None
+        except errors.MulticastUnavailable as exc:
+            for ch in self._channels:
+                ch.mc_ws = 0
+            self.multicast_reason = exc.reason
+            warnings.warn(f"weave_nvshmem: multicast requested but unavailable ({exc.reason}); using the P2P kernels",
+                          stacklevel=3)
+
     # ---- capacity -------------------------------------------------------------------------
     def reserve(self, nbytes: int, channel: int | None = None) -> None:
         """Make the staging of ``channel`` (all if None) hold ``nbytes`` of input. Collective.
@@ -139,6 +168,8 @@ class Communicator:
         for i in grow:
             self._channels[i].free()
             self._channels[i] = _Channel(self.world, nbytes, i)
+            if self.multicast_reason is None:
+                self._channels[i].map_multicast()
         torch.cuda.synchronize()
         if self.world > 1:
             import torch.distributed as dist
@@ -244,9 +275,13 @@ class Communicator:
         p = planning.plan_all_reduce(n, dt, self.world, algorithm, ctas)
         ch = self._prepare("all_reduce", channel, planning.staging_bytes("all_reduce", n * xt.element_size(), self.world))
         x_in = _aligned("all_reduce", xt)
-        k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_{p.algorithm}_{dt}_w{self.world}", dt, self.world)
-        launch(_stream(stream, x), p.grid, p.block, k, np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()),
-               np.uint64(n), np.uint32(0), *self._common(ch, "all_reduce", None))
+        head = (np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()), np.uint64(n), np.uint32(0))
+        if p.algorithm == "twoshot" and ch.mc_ws:
+            k = self._kernels.kernel("multimem.ptx", f"wn_allreduce_multimem_{dt}_w{self.world}", dt, self.world)
+            head += (np.uint64(ch.mc_ws),)
+        else:
+            k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_{p.algorithm}_{dt}_w{self.world}", dt, self.world)
+        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, "all_reduce", None))
         return back(o)
 
     def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None):
@@ -343,11 +378,15 @@ class Communicator:
         ch = self._prepare(op, channel, rows * hidden * xt.element_size())
         x_in, w_in = _aligned(op, xt), _aligned(op, wt.contiguous())
         flags = (1 if residual_mode == "sharded" else 0) | (2 if has_res else 0)
-        k = self._kernels.kernel("fused_rmsnorm.ptx", f"wn_fused_{p.algorithm}_{dt}_w{self.world}_v{p.vpt}",
-                                 dt, self.world)
-        launch(_stream(stream, x), p.grid, p.block, k, np.uint64(o.data_ptr()), np.uint64(rt_.data_ptr()),
-               np.uint64(x_in.data_ptr()), np.uint64(w_in.data_ptr()), np.uint64(rows), np.uint32(hidden),
-               np.float32(eps), np.uint32(flags), *self._common(ch, op, None))
+        head = (np.uint64(o.data_ptr()), np.uint64(rt_.data_ptr()), np.uint64(x_in.data_ptr()),
+                np.uint64(w_in.data_ptr()), np.uint64(rows), np.uint32(hidden), np.float32(eps), np.uint32(flags))
+        if p.algorithm == "twoshot" and ch.mc_ws:
+            k = self._kernels.kernel("multimem.ptx", f"wn_fused_multimem_{dt}_w{self.world}_v{p.vpt}", dt, self.world)
+            head += (np.uint64(ch.mc_ws),)
+        else:
+            k = self._kernels.kernel("fused_rmsnorm.ptx", f"wn_fused_{p.algorithm}_{dt}_w{self.world}_v{p.vpt}",
+                                     dt, self.world)
+        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, op, None))
         return back(o), (residual if has_res else back(rt_))
 
     def _validate(self, op, xt) -> str:
