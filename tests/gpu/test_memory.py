@@ -58,7 +58,15 @@ def test_multicast_reported_unavailable(comm):
     with pytest.raises(wn.MulticastUnavailable) as info:
         wn.multicast_view(t)
     wn.free(t)
-    assert reason and reason in str(info.value)
+    with pytest.warns(UserWarning, match="multicast requested but unavailable"):
+        c = wn.Communicator(wn.CommOptions(multicast=True, channels=1))
+    x = torch.full((4096,), 1.0, device="cuda", dtype=torch.bfloat16)
+    y = c.all_reduce(x, algorithm="twoshot")  # the P2P kernels, never multimem here
+    c.synchronize()
+    fallback = c.multicast_reason
+    c.close()
+    assert reason and reason in str(info.value) and fallback
+    assert all_ranks_true(bool((y == world()).all().item()))
 
 
 def test_put_then_barrier_delivers_to_every_peer(comm):
