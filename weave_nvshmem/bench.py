@@ -217,17 +217,13 @@ class Ctx:
 
     # ---- our communicator ------------------------------------------------------------------
     def start_ours(self, reserve_bytes: int) -> None:
-        err = None
-        try:
+        def start():
             import weave_nvshmem as wn
 
             self.wn = wn
             wn.init()
-        except Exception as exc:  # noqa: BLE001
-            err = _err(exc)
-            if self.args.verbose:
-                traceback.print_exc()
-        err = self.agree(err)
+
+        err = self.agree(self._try(start))
         if err:
             self.comm_err = f"weave_nvshmem.init failed: {err}"
             self.log(self.comm_err)
@@ -236,21 +232,19 @@ class Ctx:
         self._make_comm()
 
     def _make_comm(self) -> None:
-        err = None
-        comm = None
-        try:
+        made = []
+
+        def make():
             comm = self.wn.Communicator(self.wn.CommOptions(timeout_s=self.args.timeout_s, channels=1))
+            made.append(comm)
             comm.reserve(self.reserved)
-        except Exception as exc:  # noqa: BLE001
-            err = _err(exc)
-            if self.args.verbose:
-                traceback.print_exc()
-        err = self.agree(err)
+
+        err = self.agree(self._try(make))
         if err:
             self.comm, self.comm_err = None, f"Communicator/reserve({self.reserved}) failed: {err}"
             self.log(self.comm_err)
         else:
-            self.comm, self.comm_err = comm, None
+            self.comm, self.comm_err = made[0], None
 
     def comm_broken_local(self) -> bool:
         if self.comm is None:
@@ -337,8 +331,7 @@ class Ctx:
 
         res = {"n_sets": n_sets, "calls_per_graph": calls, "warmup_replays": warmup, "replays": replays}
         # 1) eager warm-up on a side stream (lazy inits, kernel JIT, errors surface here)
-        err = None
-        try:
+        def warm_up():
             refresh()
             cur = torch.cuda.current_stream()
             side = torch.cuda.Stream()
@@ -349,29 +342,22 @@ class Ctx:
             cur.wait_stream(side)
             torch.cuda.synchronize()
             self.check_comm()
-        except Exception as exc:  # noqa: BLE001
-            err = _err(exc)
-            if self.args.verbose:
-                traceback.print_exc()
-        err = self._settle("warm-up", err)
+
+        err = self._attempt("warm-up", warm_up)
         if err:
             res["error"] = err
             return res
         # 2) capture
-        graph = None
-        try:
+        graph = torch.cuda.CUDAGraph()
+
+        def capture():
             torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 for j in range(calls):
                     call(j % n_sets)
             torch.cuda.synchronize()
-        except Exception as exc:  # noqa: BLE001
-            graph = None
-            err = _err(exc)
-            if self.args.verbose:
-                traceback.print_exc()
-        err = self._settle("capture", err)
+
+        err = self._attempt("capture", capture)
         if err:
             res["error"] = err
             return res
@@ -400,7 +386,7 @@ class Ctx:
             if self.args.verbose:
                 traceback.print_exc()
         finally:
-            del graph
+            graph.reset()  # free the graph's memory before any communicator rebuild
         med = _median(times)
         gathered = self.gather((err, med, self.comm_broken_local()))
         errs = [f"rank {r}: {g[0]}" for r, g in enumerate(gathered) if g[0]]
@@ -414,6 +400,20 @@ class Ctx:
         res.update(us=meds[0], us_max_rank=max(meds), us_ranks=meds, us_min=min(times), us_p90=_pct(times, 0.9),
                    error=None)
         return res
+
+    def _try(self, fn):
+        """Run ``fn``; this rank's error text, or None. The run goes on either way."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - recorded in the results
+            if self.args.verbose:
+                traceback.print_exc()
+            return _err(exc)
+        return None
+
+    def _attempt(self, stage, fn):
+        """Run ``fn`` on every rank; the error all ranks agree on, or None (see ``_settle``)."""
+        return self._settle(stage, self._try(fn))
 
     def _settle(self, stage, err):
         """Agree on ``err``; rebuild our communicator if it timed out anywhere.

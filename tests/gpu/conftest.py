@@ -6,7 +6,6 @@ collective calls first and assert afterwards, so a failure on one rank cannot ha
 import hashlib
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist

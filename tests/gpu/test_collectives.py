@@ -3,7 +3,6 @@ import zlib
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import weave_nvshmem as wn
 from conftest import DTYPES, all_inputs, all_ranks_true, poison, rank, rel_err, same_on_all_ranks, tol, world
