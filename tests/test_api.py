@@ -76,7 +76,6 @@ def _ops():
         "Communicator": lambda: wn.Communicator(),
         "empty": lambda: wn.empty((4,)),
         "zeros": lambda: wn.zeros((4,), "bfloat16"),
-        "signal_pad": lambda: wn.signal_pad(16),
         "multicast_unavailable_reason": lambda: wn.multicast_unavailable_reason(),
         "multicast_view": lambda: wn.multicast_view(x),
     }

@@ -9,7 +9,7 @@ from .collectives import communicator as _communicator
 from .errors import (CudaError, HeapExhaustedError, MulticastUnavailable, NotInitializedError, PeerTimeoutError,
                      WeaveError)
 from .memory import (as_cupy, empty, finalize, free, init, is_initialized, is_symmetric, multicast_unavailable_reason,
-                     multicast_view, peer_view, session, signal_pad, zeros)
+                     multicast_view, peer_view, session, zeros)
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ def barrier(**kw):
 
 
 __all__ = ["init", "finalize", "session", "is_initialized", "empty", "zeros", "free", "is_symmetric", "peer_view",
-           "as_cupy", "multicast_view", "multicast_unavailable_reason", "signal_pad", "Communicator", "CommOptions",
+           "as_cupy", "multicast_view", "multicast_unavailable_reason", "Communicator", "CommOptions",
            "owned_rows", "all_reduce", "reduce_scatter", "all_gather", "fused_allreduce_rmsnorm", "barrier",
            "WeaveError", "NotInitializedError", "CudaError", "HeapExhaustedError", "MulticastUnavailable",
            "PeerTimeoutError"]

@@ -55,6 +55,10 @@ class CommOptions:
 
 
 class _Channel:
+    """One workspace on the symmetric heap: control words, the signal pad the kernels synchronise
+    on (u32 flags [MAX_CTAS][MAX_WORLD], zeroed here), then parity-alternated staging/result
+    buffers. Layout in ptx/catalog.py; protocol in ptx/kernels/barrier.ptxinc."""
+
     def __init__(self, world: int, cap: int, index: int):
         import torch
 

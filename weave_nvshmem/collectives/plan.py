@@ -49,7 +49,10 @@ def _check_ctas(ctas, op):
 
 
 def _table() -> dict:
-    """Tuning table written by `python -m weave_nvshmem.bench tune` ({} if none)."""
+    """Per-device tuning table ($WEAVE_NVSHMEM_TUNING or collectives/tuning.json; {} if none).
+
+    Format: {op: {world: [{"bytes", "algorithm", "ctas"}, ...]}}. No command writes it yet: the
+    built-in defaults below come from the bench/ CTA sweeps."""
     path = os.environ.get("WEAVE_NVSHMEM_TUNING")
     p = Path(path) if path else Path(__file__).with_name("tuning.json")
     if p.exists():
