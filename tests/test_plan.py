@@ -205,9 +205,9 @@ def test_ptx_dtype_maps_torch_dtypes():
 
 
 def test_staging_bytes_rounds_to_vectors():
-    assert plan.staging_bytes("all_reduce", 0, 2) == 0
-    assert plan.staging_bytes("all_reduce", 1, 2) == 16
-    assert plan.staging_bytes("all_reduce", 32, 8) == 32
+    assert plan.staging_bytes(0) == 0
+    assert plan.staging_bytes(1) == 16
+    assert plan.staging_bytes(32) == 32
 
 
 def test_world_limit_matches_catalog():

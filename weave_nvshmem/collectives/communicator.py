@@ -277,8 +277,8 @@ class Communicator:
         if n == 0:
             return back(o)
         p = planning.plan_all_reduce(n, dt, self.world, algorithm, ctas)
-        ch = self._prepare("all_reduce", channel, planning.staging_bytes("all_reduce", n * xt.element_size(), self.world))
-        x_in = _aligned("all_reduce", xt)
+        ch = self._prepare("all_reduce", channel, planning.staging_bytes(n * xt.element_size()))
+        x_in = _aligned(xt)
         head = (np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()), np.uint64(n), np.uint32(0))
         if p.algorithm == "twoshot" and ch.mc_ws:
             k = self._kernels.kernel("multimem.ptx", f"wn_allreduce_multimem_{dt}_w{self.world}", dt, self.world)
@@ -325,7 +325,7 @@ class Communicator:
             return back(o)
         p = planning.plan_all_reduce(total, dt, self.world, "twoshot", ctas)
         ch = self._prepare(op, channel, total * xt.element_size())
-        x_in = _aligned(op, xt)
+        x_in = _aligned(xt)
         k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_twoshot_{dt}_w{self.world}", dt, self.world)
         flags = 1 if op == "reduce_scatter" else 2
         launch(_stream(stream, x), p.grid, p.block, k, np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()),
@@ -380,7 +380,7 @@ class Communicator:
             return back(o), (residual if has_res else back(rt_))
         p = planning.plan_fused(rows, hidden, dt, self.world, algorithm, ctas, sharded=residual_mode == "sharded")
         ch = self._prepare(op, channel, rows * hidden * xt.element_size())
-        x_in, w_in = _aligned(op, xt), _aligned(op, wt.contiguous())
+        x_in, w_in = _aligned(xt), _aligned(wt.contiguous())
         flags = (1 if residual_mode == "sharded" else 0) | (2 if has_res else 0)
         head = (np.uint64(o.data_ptr()), np.uint64(rt_.data_ptr()), np.uint64(x_in.data_ptr()),
                 np.uint64(w_in.data_ptr()), np.uint64(rows), np.uint32(hidden), np.float32(eps), np.uint32(flags))
@@ -408,7 +408,7 @@ def _check_contiguous(op, **tensors):
             raise ValueError(f"{op}: {name} must be contiguous (got strides {t.stride()}); call .contiguous()")
 
 
-def _aligned(op, t):
+def _aligned(t):
     """Inputs the kernels read with 16-byte loads; a misaligned view is copied (slow path)."""
     return t if t.data_ptr() % 16 == 0 else t.clone()
 

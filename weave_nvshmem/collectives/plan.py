@@ -136,6 +136,6 @@ def owned_rows(rows: int, rank: int, world: int) -> range:
     return range(rows * rank // world, rows * (rank + 1) // world)
 
 
-def staging_bytes(op: str, nbytes: int, world: int) -> int:
+def staging_bytes(nbytes: int) -> int:
     """Bytes of one staging slot an op of ``nbytes`` input needs (slots hold a whole input)."""
     return (nbytes + 15) // 16 * 16

@@ -106,11 +106,11 @@ class session:
     """Context manager: ``with weave_nvshmem.session(): ...`` = init() ... finalize()."""
 
     def __init__(self, group=None, *, multicast: bool = False):
-        self._args = (group,)
+        self._group = group
         self._multicast = multicast
 
     def __enter__(self) -> Runtime:
-        return init(*self._args, multicast=self._multicast)
+        return init(self._group, multicast=self._multicast)
 
     def __exit__(self, *exc):
         finalize()
