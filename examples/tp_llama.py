@@ -147,36 +147,29 @@ class TPModel:
         """Two subsets A=[0,a), B=[a,T): each collective of one runs on the side stream beside the
         other's GEMMs. B's queries attend to A's keys too, so attention(B) follows qkv(A)."""
         st = TwoStreams(h.device)
+
+        def on_side(x, r, w):
+            """The fused collective of ``x`` on the side stream; (normed, residual, ready event)."""
+            st.side_waits_main(x)
+            with st.side():
+                hx, r = coll.fused(x, r, w)
+            return hx, r, st.record_side(hx)
+
         hA, hB = h[:a], h[a:]
         rA, rB = residual[:a], residual[a:]
         readyA = readyB = None  # events: this layer's inputs of A and B are ready
         for li, layer in enumerate(self.layers):
             st.main_waits(readyA)
             qA, kA, vA = self._qkv(layer, hA, 0)
-            oA = self._attend(layer, qA, kA, vA, 0)
-            st.side_waits_main(oA)
-            with st.side():
-                hA, rA = coll.fused(oA, rA, layer["post_norm"])
-            attnA = st.record_side(hA)
+            hA, rA, attnA = on_side(self._attend(layer, qA, kA, vA, 0), rA, layer["post_norm"])
             st.main_waits(readyB)
             qB, kB, vB = self._qkv(layer, hB, a)
             oB = self._attend(layer, qB, torch.cat([kA, kB]), torch.cat([vA, vB]), a)
-            st.side_waits_main(oB)
-            with st.side():
-                hB, rB = coll.fused(oB, rB, layer["post_norm"])
-            attnB = st.record_side(hB)
+            hB, rB, attnB = on_side(oB, rB, layer["post_norm"])
             st.main_waits(attnA)
-            dA = self._mlp(layer, hA)
-            st.side_waits_main(dA)
-            with st.side():
-                hA, rA = coll.fused(dA, rA, self._next_norm(li))
-            readyA = st.record_side(hA)
+            hA, rA, readyA = on_side(self._mlp(layer, hA), rA, self._next_norm(li))
             st.main_waits(attnB)
-            dB = self._mlp(layer, hB)
-            st.side_waits_main(dB)
-            with st.side():
-                hB, rB = coll.fused(dB, rB, self._next_norm(li))
-            readyB = st.record_side(hB)
+            hB, rB, readyB = on_side(self._mlp(layer, hB), rB, self._next_norm(li))
         st.main_waits(readyA)
         st.main_waits(readyB)
         return torch.cat([hA, hB])
