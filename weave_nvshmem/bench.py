@@ -551,18 +551,14 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
         if _budget_exhausted(ctx):
             rows += _skip_all(ctx, [sp[0] for sp in specs], "skipped: --budget-s exhausted", True)
             continue
-        pool = None
-        try:
-            pool = Pool(ctx, shape, n_sets, key=100 + idx)
-            err = None
-        except Exception as exc:  # noqa: BLE001
-            err = _err(exc)
-        err = ctx.agree(err)
+        made = {}
+        err = ctx.agree(ctx._try(lambda: made.update(pool=Pool(ctx, shape, n_sets, key=100 + idx))))
         if err:
             rows += _skip_all(ctx, [sp[0] for sp in specs], f"input allocation failed: {err}", True)
-            pool = None
+            made.clear()
             torch.cuda.empty_cache()
             continue
+        pool = made["pool"]
         nelem = pool.n
         for row, v, ctas in specs:
             res = None
@@ -592,6 +588,7 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
                 res = ctx.measure(call, lambda symm=symm: pool.refresh(symm), n_sets, calls, warm, reps)
             rows.append(_finish_row(ctx, row, res, True))
         pool = None
+        made.clear()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
     return rows
@@ -621,19 +618,16 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
             if _budget_exhausted(ctx):
                 rows += _skip_all(ctx, [sp[0] for sp in specs], "skipped: --budget-s exhausted", False)
                 continue
-            pool = out = None
-            try:
-                pool = Pool(ctx, (tokens, hidden), n_sets, key=1000 + idx, residual=True)
-                out = torch.empty((tokens, hidden), dtype=torch.bfloat16, device=ctx.device)
-                err = None
-            except Exception as exc:  # noqa: BLE001
-                err = _err(exc)
-            err = ctx.agree(err)
+            made = {}
+            err = ctx.agree(ctx._try(lambda: made.update(
+                pool=Pool(ctx, (tokens, hidden), n_sets, key=1000 + idx, residual=True),
+                out=torch.empty((tokens, hidden), dtype=torch.bfloat16, device=ctx.device))))
             if err:
                 rows += _skip_all(ctx, [sp[0] for sp in specs], f"input allocation failed: {err}", False)
-                pool = out = None
+                made.clear()
                 torch.cuda.empty_cache()
                 continue
+            pool, out = made["pool"], made["out"]
             for row, v, ctas in specs:
                 res = None
                 symm = v == "symm_add_rmsnorm"
@@ -677,6 +671,7 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
                     res = ctx.measure(call, lambda symm=symm: pool.refresh(symm), n_sets, calls, warm, reps)
                 rows.append(_finish_row(ctx, row, res, False))
             pool = out = None
+            made.clear()
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
     return rows

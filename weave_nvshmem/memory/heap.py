@@ -45,7 +45,8 @@ def empty(shape, dtype="float32", *, label: str = "tensor"):
     numel = 1
     for s in shape:
         numel *= s
-    nbytes = max(16, numel * torch.empty((), dtype=dtype).element_size())
+    esize = torch.empty((), dtype=dtype).element_size()
+    nbytes = max(16, numel * esize)
     nbytes = (nbytes + 255) // 256 * 256
     free_bytes, _ = torch.cuda.mem_get_info(rt.device_id)
     if nbytes > free_bytes:
@@ -73,7 +74,7 @@ def empty(shape, dtype="float32", *, label: str = "tensor"):
     bisect.insort(_bases, base)
     _allocs[base] = alloc
     raw = torch.utils.dlpack.from_dlpack(buf)
-    return raw.view(torch.uint8)[: numel * torch.empty((), dtype=dtype).element_size()].view(dtype).view(shape)
+    return raw.view(torch.uint8)[: numel * esize].view(dtype).view(shape)
 
 
 def zeros(shape, dtype="float32", *, label: str = "tensor"):
