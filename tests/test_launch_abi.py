@@ -37,13 +37,15 @@ class Recorder:
         self.requests = []
         self.launches = []
 
-    def kernel(self, file, entry, dtype=None, world=1):
+    def kernel(self, file, entry, dtype=None, world=1, *, shmem=0):
         key = (file, entry, dtype, world)
         self.requests.append(key)
+        self.shmem_allowed = shmem
         return key
 
-    def launch(self, stream, grid, block, kernel, *args):
-        self.launches.append((grid, block, kernel, args))
+    def launch(self, stream, grid, block, kernel, *args, shmem=0):
+        assert shmem <= self.shmem_allowed, "launch asks for more shared memory than the kernel was allowed"
+        self.launches.append((grid, block, kernel, args, shmem))
 
 
 @pytest.fixture
@@ -76,7 +78,9 @@ def make_comm(monkeypatch):
 
 def check_launch(rec):
     assert len(rec.launches) == 1
-    grid, block, (file, entry, dtype, world), args = rec.launches[0]
+    grid, block, (file, entry, dtype, world), args, shmem = rec.launches[0]
+    # an H100/H200 block has 227 KB of shared memory; the kernels' static part is ~1 KB
+    assert 0 <= shmem <= 226 * 1024 and (shmem > 0) == (file == "bulk.ptx")
     types, maxntid = entry_signature(file, dtype, world, entry)
     got = [NP_TO_PTX.get(type(a), type(a).__name__) for a in args]
     assert got == types, f"{entry}: host passes {got}, kernel declares {types}"
@@ -102,6 +106,37 @@ def test_all_reduce_launch(make_comm, world, dt, algorithm):
         assert int(args[0]) == out.data_ptr() and int(args[2]) == n and int(args[3]) == 0
         assert int(args[6]) == world - 1  # rank
         assert int(args[7]) == 1_500_000_000  # timeout in ns
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+def test_bulk_launches(make_comm, world, dt):
+    """The bulk-copy kernels: (out, inp, n, chunk, smem) and the fused head + (chunk, smem); stages
+    for two chunks of every phase fit the shared memory asked for."""
+    comm, rec = make_comm(world)
+    tdt, ve = TORCH_DTYPES[dt], catalog.VEC_ELEMS[dt]
+    for n in (ve, 1000 * ve, (1 << 20) * ve):
+        comm.all_reduce(torch.zeros(n, dtype=tdt), algorithm="bulk")
+        entry, args = check_launch(rec)
+        assert entry == f"wn_allreduce_bulk_{dt}_w{world}" and int(args[2]) == n
+        chunk, smem = int(args[3]), int(args[4])
+        assert chunk >= 1 and 2 * world * chunk * 16 <= smem
+    with pytest.raises(ValueError, match="bulk"):
+        comm.all_reduce(torch.zeros(ve + 1, dtype=tdt), algorithm="bulk")
+    for rows, hidden in ((1, 1024), (3, 4096), (1000, 8 * ve)):
+        row_bytes = hidden * (16 // ve)
+        if 2 * (world + 1) * row_bytes > plan.BULK_SMEM:
+            with pytest.raises(ValueError, match="bulk"):
+                comm.fused_allreduce_rmsnorm(torch.zeros(rows, hidden, dtype=tdt), None,
+                                             torch.ones(hidden, dtype=tdt), algorithm="bulk")
+            continue
+        for mode in ("replicated", "sharded"):
+            comm.fused_allreduce_rmsnorm(torch.zeros(rows, hidden, dtype=tdt), torch.zeros(rows, hidden, dtype=tdt),
+                                         torch.ones(hidden, dtype=tdt), residual_mode=mode, algorithm="bulk")
+            entry, args = check_launch(rec)
+            assert entry == f"wn_fused_bulk_{dt}_w{world}"
+            chunk, smem = int(args[8]), int(args[9])
+            assert chunk >= 1 and 2 * chunk * row_bytes <= smem and 2 * (world + 1) * row_bytes <= smem
 
 
 @pytest.mark.parametrize("world", [2, 4, 8])

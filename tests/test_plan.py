@@ -34,15 +34,23 @@ def hiddens(dtype):
 @pytest.mark.parametrize("algorithm", plan.ALLREDUCE_ALGORITHMS)
 def test_plan_all_reduce_valid_and_deterministic(dtype, world, algorithm):
     for nelem in NELEMS:
+        if algorithm == "bulk" and nelem % VEC_ELEMS[dtype]:
+            with pytest.raises(ValueError, match="all_reduce: algorithm 'bulk'"):
+                plan_all_reduce(nelem, dtype, world, algorithm)
+            continue
         p = plan_all_reduce(nelem, dtype, world, algorithm)
         assert p == plan_all_reduce(nelem, dtype, world, algorithm)
         assert isinstance(p, Launch)
-        assert p.algorithm in ("oneshot", "twoshot")
+        assert p.algorithm in ("oneshot", "twoshot", "bulk")
         if algorithm != "auto":
             assert p.algorithm == algorithm
         assert 1 <= p.grid <= MAX_CTAS and isinstance(p.grid, int)
         assert 32 <= p.block <= 1024 and p.block % 32 == 0
         assert p.vpt == 1
+        # bulk: two stages of W chunks (phase 2) fit; other kernels use no dynamic shared memory
+        assert (p.smem > 0) == (p.algorithm == "bulk")
+        if p.algorithm == "bulk":
+            assert p.chunk >= 1 and 2 * world * 16 * p.chunk <= p.smem <= 226 * 1024
 
 
 def test_plan_all_reduce_zero_elements_still_launchable():
@@ -58,7 +66,8 @@ def test_plan_all_reduce_explicit_ctas(ctas):
 
 def test_plan_all_reduce_auto_picks_oneshot_for_small_inputs():
     assert plan_all_reduce(1024, "bf16", 8).algorithm == "oneshot"
-    assert plan_all_reduce(1 << 26, "bf16", 8).algorithm == "twoshot"
+    assert plan_all_reduce(1 << 26, "bf16", 8).algorithm == "bulk"
+    assert plan_all_reduce((1 << 26) + 1, "bf16", 8).algorithm == "twoshot"  # bulk moves whole vectors
 
 
 # ---- fused -----------------------------------------------------------------------------------
@@ -90,9 +99,16 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
     ve = VEC_ELEMS[dtype]
     for rows in ROWS:
         for hidden in hiddens(dtype):
+            row_bytes = hidden * 16 // ve
+            if algorithm == "bulk" and 2 * (world + 1) * row_bytes > plan.BULK_SMEM:
+                with pytest.raises(ValueError, match="algorithm 'bulk'"):
+                    plan_fused(rows, hidden, dtype, world, algorithm)
+                continue
             p = plan_fused(rows, hidden, dtype, world, algorithm)
             assert p == plan_fused(rows, hidden, dtype, world, algorithm)
-            assert p.algorithm in ("oneshot", "twoshot")
+            assert p.algorithm in ("oneshot", "twoshot", "bulk")
+            if p.algorithm == "bulk":
+                assert 2 * (world + 1) * row_bytes <= p.smem and 2 * p.chunk * row_bytes <= p.smem
             if algorithm != "auto":
                 assert p.algorithm == algorithm
             assert 1 <= p.grid <= MAX_CTAS
@@ -104,7 +120,8 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
 
 @pytest.mark.parametrize("rows", ROWS)
 def test_plan_fused_sharded_is_twoshot(rows):
-    assert plan_fused(rows, 4096, "bf16", 8, sharded=True).algorithm == "twoshot"
+    assert plan_fused(rows, 4096, "bf16", 8, sharded=True).algorithm == "bulk"
+    assert plan_fused(rows, 16384, "bf16", 8, sharded=True).algorithm == "twoshot"  # rows too big for bulk
     assert plan_fused(rows, 4096, "bf16", 8, "twoshot", sharded=True).algorithm == "twoshot"
     with pytest.raises(ValueError, match="fused_allreduce_rmsnorm: algorithm 'oneshot'"):
         plan_fused(rows, 4096, "bf16", 8, "oneshot", sharded=True)
@@ -116,7 +133,8 @@ def test_plan_fused_explicit_ctas():
 
 def test_plan_fused_auto_decode_vs_prefill():
     assert plan_fused(8, 4096, "bf16", 8).algorithm == "oneshot"
-    assert plan_fused(4096, 4096, "bf16", 8).algorithm == "twoshot"
+    assert plan_fused(4096, 4096, "bf16", 8).algorithm == "bulk"
+    assert plan_fused(4096, 16384, "bf16", 8).algorithm == "twoshot"
 
 
 # ---- tuning table ----------------------------------------------------------------------------

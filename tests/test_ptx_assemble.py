@@ -95,8 +95,8 @@ def _entries(kernel, dtype, world):
 
 def _expected():
     """(file, dtype, world) -> entry names the communicator (or its multicast path) can request."""
-    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a != "auto"]
-    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a != "auto"]
+    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "bulk")]
+    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "bulk")]
     exp = {("copy.ptx", None, 1): {"wn_copy"}}
     for world in catalog.TEST_WORLDS:
         exp[("barrier.ptx", None, world)] = {f"wn_barrier_w{world}"}
@@ -104,6 +104,7 @@ def _expected():
             exp[("allreduce.ptx", dt, world)] = {f"wn_allreduce_{a}_{dt}_w{world}" for a in algos}
             exp[("fused_rmsnorm.ptx", dt, world)] = {f"wn_fused_{a}_{dt}_w{world}_v{v}"
                                                      for a in fused_algos for v in VPTS}
+            exp[("bulk.ptx", dt, world)] = {f"wn_allreduce_bulk_{dt}_w{world}", f"wn_fused_bulk_{dt}_w{world}"}
             exp[("multimem.ptx", dt, world)] = ({f"wn_allreduce_multimem_{dt}_w{world}"}
                                                | {f"wn_fused_multimem_{dt}_w{world}_v{v}" for v in VPTS})
     return exp

@@ -50,18 +50,20 @@ AR_CTAS = (2, 4, 8, 16, 32, 64)
 AR_CTA_TOKENS = (1024, 8192)
 FUSED_CTAS = (2, 4, 8, 16, 32, 64)
 FUSED_CTA_MIN_TOKENS = 1024
+#: the variants swept over CTA counts (fused: bulk at every hidden size, twoshot at AR_HIDDEN)
+SWEPT = ("ours_bulk", "ours_twoshot")
 ONESHOT_MAX_BYTES = 64 * MB  # ours oneshot all-reduce only up to this size
 LARGE_SET_BYTES = 64 * MB  # sets at least this big get fewer calls / replays
 EPS = 1e-6
 SCHEMA = "weave_nvshmem.bench/1"
 
-AR_VARIANTS = ("ours_auto", "ours_oneshot", "ours_twoshot", "nccl", "symm_oneshot", "symm_twoshot")
+AR_VARIANTS = ("ours_auto", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl", "symm_oneshot", "symm_twoshot")
 AR_BASELINES = ("nccl", "symm_oneshot", "symm_twoshot")
-FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_oneshot", "ours_twoshot", "nccl_add_rmsnorm",
+FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl_add_rmsnorm",
                   "symm_add_rmsnorm", "ours_ar_add_rmsnorm", "add_rmsnorm")
 FUSED_BASELINES = ("nccl_add_rmsnorm", "symm_add_rmsnorm", "ours_ar_add_rmsnorm")
 LABELS = {
-    "ours_auto": "ours auto", "ours_oneshot": "ours oneshot", "ours_twoshot": "ours twoshot",
+    "ours_auto": "ours auto", "ours_oneshot": "ours oneshot", "ours_twoshot": "ours twoshot", "ours_bulk": "ours bulk",
     "ours_sharded": "ours sharded", "nccl": "NCCL", "symm_oneshot": "symm 1shot", "symm_twoshot": "symm 2shot",
     "nccl_add_rmsnorm": "A: NCCL+add+norm", "symm_add_rmsnorm": "B: symm2shot+add+norm",
     "ours_ar_add_rmsnorm": "C: ours AR+add+norm", "add_rmsnorm": "add+norm only",
@@ -545,9 +547,10 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
             specs.append((_row(ctx, series, v, tokens=tokens, hidden=AR_HIDDEN if tokens else None, nbytes=nbytes),
                           v, None))
         if series == "tokens" and tokens in AR_CTA_TOKENS:
-            for c in AR_CTAS:
-                specs.append((_row(ctx, "cta_sweep", "ours_twoshot", tokens=tokens, hidden=AR_HIDDEN, nbytes=nbytes,
-                                   ctas=c), "ours_twoshot", c))
+            for v in SWEPT:
+                for c in AR_CTAS:
+                    specs.append((_row(ctx, "cta_sweep", v, tokens=tokens, hidden=AR_HIDDEN, nbytes=nbytes, ctas=c),
+                                  v, c))
         if _budget_exhausted(ctx):
             rows += _skip_all(ctx, [sp[0] for sp in specs], "skipped: --budget-s exhausted", True)
             continue
@@ -613,8 +616,8 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
             specs = [(_row(ctx, "tokens", v, tokens=tokens, hidden=hidden, nbytes=nbytes), v, None)
                      for v in FUSED_VARIANTS]
             if tokens >= FUSED_CTA_MIN_TOKENS:
-                specs += [(_row(ctx, "cta_sweep", "ours_auto", tokens=tokens, hidden=hidden, nbytes=nbytes, ctas=c),
-                           "ours_auto", c) for c in FUSED_CTAS]
+                specs += [(_row(ctx, "cta_sweep", v, tokens=tokens, hidden=hidden, nbytes=nbytes, ctas=c), v, c)
+                          for v in SWEPT if v == "ours_bulk" or hidden == AR_HIDDEN for c in FUSED_CTAS]
             if _budget_exhausted(ctx):
                 rows += _skip_all(ctx, [sp[0] for sp in specs], "skipped: --budget-s exhausted", False)
                 continue
@@ -632,7 +635,7 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
                 res = None
                 symm = v == "symm_add_rmsnorm"
                 if v.startswith("ours") and v != "ours_ar_add_rmsnorm":
-                    alg = v.split("_", 1)[1] if v in ("ours_oneshot", "ours_twoshot") else "auto"
+                    alg = v.split("_", 1)[1] if v in ("ours_oneshot", "ours_twoshot", "ours_bulk") else "auto"
                     mode = "sharded" if v == "ours_sharded" else "replicated"
                     row.update(algorithm=alg, residual_mode=mode,
                                plan=_plan_dict(planning.plan_fused, tokens, hidden, "bf16", ctx.world, alg, ctas))
@@ -775,23 +778,20 @@ def markdown(doc: dict, full: bool = True) -> str:
         if sweep:
             groups = []
             for r in sweep:
-                g = (r.get("hidden"), r.get("tokens"))
+                g = (r["variant"], r.get("hidden"), r.get("tokens"))
                 if g not in groups:
                     groups.append(g)
             ctas = sorted({r["ctas"] for r in sweep})
-            what = "ours twoshot" if name == "allreduce" else "ours auto (replicated)"
-            lines.append(f"\nCTA sweep, {what}, us per call:\n")
-            lines.append("| hidden | tokens | " + " | ".join(f"ctas={c}" for c in ctas) + " | default |")
-            lines.append("|" + "---:|" * (len(ctas) + 3))
-            for hidden, tokens in groups:
-                cells = [str(hidden), str(tokens)]
+            lines.append("\nCTA sweep (replicated residual for fused), us per call:\n")
+            lines.append("| variant | hidden | tokens | " + " | ".join(f"ctas={c}" for c in ctas) + " | default |")
+            lines.append("|" + "---:|" * (len(ctas) + 4))
+            for v, hidden, tokens in groups:
+                cells = [LABELS[v], str(hidden), str(tokens)]
                 for c in ctas:
-                    r = next((x for x in sweep if (x.get("hidden"), x.get("tokens"), x["ctas"]) == (hidden, tokens, c)),
-                             None)
+                    r = next((x for x in sweep if (x["variant"], x.get("hidden"), x.get("tokens"), x["ctas"])
+                              == (v, hidden, tokens, c)), None)
                     cells.append(_f(r.get("us") if r and not r.get("error") else None))
-                dv = "ours_twoshot" if name == "allreduce" else "ours_auto"
-                default = _us(idx, "tokens", hidden, tokens, tokens * hidden * 2, dv)
-                cells.append(_f(default))
+                cells.append(_f(_us(idx, "tokens", hidden, tokens, tokens * hidden * 2, v)))
                 lines.append("| " + " | ".join(cells) + " |")
         errs = {}
         for r in rows:
@@ -833,20 +833,21 @@ def plot(doc: dict, path) -> str | None:
             sweep = [r for r in rows if r["series"] == "cta_sweep"]
             groups = []
             for r in sweep:
-                g = (r.get("hidden"), r.get("tokens"))
+                g = (r["variant"], r.get("hidden"), r.get("tokens"))
                 if g not in groups:
                     groups.append(g)
-            for hidden_g, tokens in groups:
-                pts = sorted((r["ctas"], r["us"]) for r in sweep if (r.get("hidden"), r.get("tokens")) == (hidden_g, tokens)
+            for v, hidden_g, tokens in groups:
+                pts = sorted((r["ctas"], r["us"]) for r in sweep
+                             if (r["variant"], r.get("hidden"), r.get("tokens")) == (v, hidden_g, tokens)
                              and not r.get("error") and r.get("us"))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                            label=f"T={tokens}" + (f" H={hidden_g}" if name != "allreduce" else ""))
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "-" if v == "ours_bulk" else ":", marker="o",
+                            label=f"{LABELS[v]} T={tokens}" + (f" H={hidden_g}" if name != "allreduce" else ""))
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_yscale("log")
             ax.set_xlabel("CTAs")
-            ax.set_title(title + (" (ours twoshot)" if name == "allreduce" else " (ours auto)"))
+            ax.set_title(title)
         else:
             for v in variants:
                 pts = sorted((r[xkey], r["us"]) for r in rows if r["series"] == series and r.get("hidden") == hidden
@@ -902,8 +903,9 @@ def _settings(args) -> dict:
         "raw_bytes": [] if quick else list(RAW_BYTES),
         "fused_hiddens": list(FUSED_HIDDENS),
         "eps": EPS,
-        "allreduce_cta_sweep": {"tokens": list(AR_CTA_TOKENS), "ctas": list(AR_CTAS), "algorithm": "twoshot"},
-        "fused_cta_sweep": {"min_tokens": FUSED_CTA_MIN_TOKENS, "ctas": list(FUSED_CTAS), "algorithm": "auto"},
+        "allreduce_cta_sweep": {"tokens": list(AR_CTA_TOKENS), "ctas": list(AR_CTAS), "variants": list(SWEPT)},
+        "fused_cta_sweep": {"min_tokens": FUSED_CTA_MIN_TOKENS, "ctas": list(FUSED_CTAS), "variants": list(SWEPT),
+                            "twoshot_hidden": AR_HIDDEN},
         "oneshot_max_bytes_allreduce": ONESHOT_MAX_BYTES,
         "calls": args.calls if args.calls else 20,
         "calls_large": 10,

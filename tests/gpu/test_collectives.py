@@ -1,4 +1,4 @@
-"""all_reduce (oneshot/twoshot/auto), reduce_scatter, all_gather vs a float64 reference."""
+"""all_reduce (oneshot/twoshot/bulk/auto), reduce_scatter, all_gather vs a float64 reference."""
 import zlib
 
 import pytest
@@ -11,12 +11,16 @@ SHAPES = [(1,), (7,), (13, 5), (1000, 5120), (8191, 4096)]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot", "auto"])
+@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot", "bulk", "auto"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_all_reduce_matches_reference(comm, dtype, algorithm, shape):
     dt = DTYPES[dtype]
     xs = all_inputs(zlib.crc32(repr((shape, dtype)).encode()) % 997, shape, dt)
     out = poison(torch.empty(shape, dtype=dt, device="cuda"))
+    if algorithm == "bulk" and xs[0].numel() % (16 // xs[0].element_size()):
+        with pytest.raises(ValueError, match="bulk"):  # whole 16-byte vectors only
+            comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
+        return
     y = comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
     comm.synchronize()
     ref = sum(x.double() for x in xs)
@@ -103,7 +107,8 @@ def test_10k_randomized_back_to_back_calls_are_deterministic(comm):
     mismatches = torch.zeros((), dtype=torch.int64, device="cuda")
     for _ in range(10_000):
         x, first, _ = cases[rng.randrange(len(cases))]
-        y = comm.all_reduce(x, algorithm=rng.choice(["oneshot", "twoshot", "auto"]), ctas=rng.choice([None, 1, 3, 8]))
+        algs = ["oneshot", "twoshot", "auto"] + (["bulk"] if x.numel() % (16 // x.element_size()) == 0 else [])
+        y = comm.all_reduce(x, algorithm=rng.choice(algs), ctas=rng.choice([None, 1, 3, 8]))
         mismatches += (y.view(torch.uint8) != first.view(torch.uint8)).sum()
     comm.synchronize()
     assert all_ranks_true(ok and mismatches.item() == 0), mismatches.item()
@@ -119,6 +124,7 @@ def test_1k_cuda_graph_replays(comm):
     x = torch.empty(shape, dtype=dt, device="cuda")
     out1 = torch.empty_like(x)
     out2 = torch.empty_like(x)
+    out3 = torch.empty_like(x)
     comm.reserve(x.numel() * x.element_size())
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -126,14 +132,17 @@ def test_1k_cuda_graph_replays(comm):
     with torch.cuda.stream(stream), torch.cuda.graph(g, stream=stream):
         comm.all_reduce(x, out=out1, algorithm="oneshot")
         comm.all_reduce(x, out=out2, algorithm="twoshot", ctas=4)
+        comm.all_reduce(x, out=out3, algorithm="bulk", ctas=3)
     bad = torch.zeros((), dtype=torch.int64, device="cuda")
     for i in range(1000):
         k = i % 4
         x.copy_(pool[k][rank()])
         out1.fill_(float("nan"))
+        out3.fill_(float("nan"))
         g.replay()
         bad += (out1.view(torch.int16) != first[k].view(torch.int16)).sum()
         bad += (out2.view(torch.int16) != first[k].view(torch.int16)).sum()
+        bad += (out3.view(torch.int16) != first[k].view(torch.int16)).sum()
     comm.synchronize()
     assert all_ranks_true(ok and bad.item() == 0), bad.item()
 

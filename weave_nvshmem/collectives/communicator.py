@@ -8,6 +8,7 @@ concurrently on different streams must use different channels.
 from __future__ import annotations
 
 import threading
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -279,13 +280,18 @@ class Communicator:
         p = planning.plan_all_reduce(n, dt, self.world, algorithm, ctas)
         ch = self._prepare("all_reduce", channel, planning.staging_bytes(n * xt.element_size()))
         x_in = _aligned(xt)
-        head = (np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()), np.uint64(n), np.uint32(0))
-        if p.algorithm == "twoshot" and ch.mc_ws:
+        head = (np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()), np.uint64(n))
+        if p.algorithm != "oneshot" and ch.mc_ws:
             k = self._kernels.kernel("multimem.ptx", f"wn_allreduce_multimem_{dt}_w{self.world}", dt, self.world)
-            head += (np.uint64(ch.mc_ws),)
+            head += (np.uint32(0), np.uint64(ch.mc_ws))
+            p = dataclasses.replace(p, smem=0)
+        elif p.algorithm == "bulk":
+            k = self._kernels.kernel("bulk.ptx", f"wn_allreduce_bulk_{dt}_w{self.world}", dt, self.world, shmem=p.smem)
+            head += (np.uint32(p.chunk), np.uint32(p.smem))
         else:
             k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_{p.algorithm}_{dt}_w{self.world}", dt, self.world)
-        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, "all_reduce", None))
+            head += (np.uint32(0),)
+        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, "all_reduce", None), shmem=p.smem)
         return back(o)
 
     def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None):
@@ -384,13 +390,17 @@ class Communicator:
         flags = (1 if residual_mode == "sharded" else 0) | (2 if has_res else 0)
         head = (np.uint64(o.data_ptr()), np.uint64(rt_.data_ptr()), np.uint64(x_in.data_ptr()),
                 np.uint64(w_in.data_ptr()), np.uint64(rows), np.uint32(hidden), np.float32(eps), np.uint32(flags))
-        if p.algorithm == "twoshot" and ch.mc_ws:
+        if p.algorithm != "oneshot" and ch.mc_ws:
             k = self._kernels.kernel("multimem.ptx", f"wn_fused_multimem_{dt}_w{self.world}_v{p.vpt}", dt, self.world)
             head += (np.uint64(ch.mc_ws),)
+            p = dataclasses.replace(p, smem=0)
+        elif p.algorithm == "bulk":
+            k = self._kernels.kernel("bulk.ptx", f"wn_fused_bulk_{dt}_w{self.world}", dt, self.world, shmem=p.smem)
+            head += (np.uint32(p.chunk), np.uint32(p.smem))
         else:
             k = self._kernels.kernel("fused_rmsnorm.ptx", f"wn_fused_{p.algorithm}_{dt}_w{self.world}_v{p.vpt}",
                                      dt, self.world)
-        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, op, None))
+        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, op, None), shmem=p.smem)
         return back(o), (residual if has_res else back(rt_))
 
     def _validate(self, op, xt) -> str:

@@ -14,8 +14,12 @@ from ..ptx.catalog import MAX_CTAS, VEC_ELEMS
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
-ALLREDUCE_ALGORITHMS = ("auto", "oneshot", "twoshot")
-FUSED_ALGORITHMS = ("auto", "oneshot", "twoshot")
+ALLREDUCE_ALGORITHMS = ("auto", "oneshot", "twoshot", "bulk")
+FUSED_ALGORITHMS = ("auto", "oneshot", "twoshot", "bulk")
+#: dynamic shared memory of the bulk-copy kernels (an H100/H200 block may have 227 KB; ~1 KB is static)
+BULK_SMEM = 200 * 1024
+#: target bytes of one bulk-copy chunk (a TMA transfer); fused chunks are whole rows
+BULK_CHUNK_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class Launch:
     grid: int
     block: int
     vpt: int = 1
+    chunk: int = 0  # bulk: vectors (all-reduce) or rows (fused) per copy chunk
+    smem: int = 0   # bulk: bytes of dynamic shared memory
 
 
 def ptx_dtype(dtype, op: str) -> str:
@@ -77,14 +83,23 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
     ve = _vec_elems(dtype, op)
     nvec = -(-nelem // ve)
     nbytes = nelem * (16 // ve)
+    bulk_chunk = min(BULK_CHUNK_BYTES, BULK_SMEM // (2 * world)) // 16
+    bulk_ok = nelem % ve == 0
+    if algorithm == "bulk" and not bulk_ok:
+        raise ValueError(f"{op}: algorithm 'bulk' moves whole 16-byte vectors; {nelem} elements of {dtype} "
+                         f"are not a multiple of {ve} (use 'twoshot' or 'auto')")
     if algorithm == "auto":
         tuned = _tuned(op, world, nbytes)
-        if tuned:
+        if tuned and (tuned[0] != "bulk" or bulk_ok):
             algorithm, ctas = tuned[0], ctas or tuned[1]
         else:
             # crossover measured on H200 (bench/allreduce-*.json): 4 MB at 2 ranks, 1 MB at 4
-            algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else "twoshot"
+            algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else (
+                "bulk" if bulk_ok else "twoshot")
     block = 512
+    if algorithm == "bulk":
+        chunks = -(-(-(-nvec // world)) // bulk_chunk)  # per segment
+        return Launch(algorithm, ctas or max(1, min(16, chunks)), block, chunk=bulk_chunk, smem=BULK_SMEM)
     if ctas is None:
         per_rank = nvec if algorithm == "oneshot" else -(-nvec // world)
         # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
@@ -114,15 +129,24 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
                          "residual row); use 'twoshot' or 'auto' with a sharded residual")
     ctas = _check_ctas(ctas, op)
     block, vpt = fused_block(hidden, dtype)
-    nbytes = rows * hidden * (16 // _vec_elems(dtype, op))
+    row_bytes = hidden * (16 // _vec_elems(dtype, op))
+    nbytes = rows * row_bytes
+    # bulk: a phase-2 stage holds a row of every rank plus the residual row, and 2 stages must fit
+    bulk_ok = 2 * (world + 1) * row_bytes <= BULK_SMEM
+    if algorithm == "bulk" and not bulk_ok:
+        raise ValueError(f"{op}: algorithm 'bulk' needs 2*(world+1) rows of {row_bytes} bytes in "
+                         f"{BULK_SMEM} bytes of shared memory; hidden {hidden} is too large (use 'twoshot')")
     if algorithm == "auto":
         tuned = _tuned(op, world, nbytes)
-        if tuned and not (sharded and tuned[0] == "oneshot"):
+        if tuned and not (sharded and tuned[0] == "oneshot") and (tuned[0] != "bulk" or bulk_ok):
             algorithm, ctas = tuned[0], ctas or tuned[1]
-        elif sharded:
-            algorithm = "twoshot"
+        elif not sharded and ((world <= 2 and rows <= 64) or rows <= 16):
+            algorithm = "oneshot"
         else:
-            algorithm = "oneshot" if (world <= 2 and rows <= 64) or rows <= 16 else "twoshot"
+            algorithm = "bulk" if bulk_ok else "twoshot"
+    if algorithm == "bulk":
+        chunk = max(1, min(BULK_CHUNK_BYTES, BULK_SMEM // 2) // row_bytes)
+        return Launch(algorithm, ctas or max(1, min(16, -(-rows // world))), block, vpt, chunk, BULK_SMEM)
     if ctas is None:
         # one row per block at a time: more rows per rank want more blocks (measured: time halves
         # with each doubling up to 32 blocks at 1024+ tokens on 2 and 4 H200s)

@@ -20,6 +20,8 @@ MAX_CTAS = 128
 PAD_OFF = 256
 DATA_OFF = 8192
 assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DATA_OFF
+#: most shared-memory stages (and mbarriers per phase) of the bulk-copy kernels
+MAX_STAGES = 32
 
 DTYPES = ("bf16", "f16", "f32")
 #: elements per 16-byte vector
@@ -31,6 +33,7 @@ KERNELS = {
     "copy.ptx": {"dtyped": False},
     "allreduce.ptx": {"dtyped": True},
     "fused_rmsnorm.ptx": {"dtyped": True},
+    "bulk.ptx": {"dtyped": True},
     "multimem.ptx": {"dtyped": True},
 }
 #: world sizes rendered in the CPU test (any 1..MAX_WORLD renders)
@@ -43,7 +46,7 @@ def params(dtype: str | None, world: int) -> dict:
     p = {"WORLD": world, "MAX_WORLD": MAX_WORLD, "MAX_CTAS": MAX_CTAS,
          # vectors each thread keeps in flight per peer/segment: ~16 loads in flight whatever WORLD
          "UNROLL": min(4, max(1, 16 // world)),
-         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "DTYPE": dtype or "none"}
+         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "MAXST": MAX_STAGES, "DTYPE": dtype or "none"}
     if dtype is not None:
         if dtype not in VEC_ELEMS:
             raise ValueError(f"unsupported PTX dtype {dtype!r}; expected one of {DTYPES}")

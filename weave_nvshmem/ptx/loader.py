@@ -16,6 +16,8 @@ from . import catalog
 
 #: the PTX targets sm_90a (Hopper); other architectures are refused with a clear error
 ARCH = "sm_90a"
+#: dynamic shared memory a kernel may use without opting in
+DEFAULT_SHMEM = 48 * 1024
 
 
 def cache_dir() -> Path:
@@ -86,8 +88,11 @@ class KernelLibrary:
         self.arch = device_arch(device_id)
         self._modules = {}
         self._kernels = {}
+        self._shmem = {}
 
-    def kernel(self, file: str, entry: str, dtype: str | None = None, world: int = 1):
+    def kernel(self, file: str, entry: str, dtype: str | None = None, world: int = 1, *, shmem: int = 0):
+        """The loaded kernel, allowed ``shmem`` bytes of dynamic shared memory (above 48 KB a
+        kernel must opt in, once)."""
         key = (file, dtype, world, entry)
         k = self._kernels.get(key)
         if k is None:
@@ -99,7 +104,20 @@ class KernelLibrary:
                 cubin = cubin_for(catalog.render(file, dtype, world), self.arch)
                 mod = self._modules[mod_key] = ObjectCode.from_cubin(cubin, name=file)
             k = self._kernels[key] = mod.get_kernel(entry)
+        if shmem > self._shmem.get(key, DEFAULT_SHMEM):
+            self._allow_shmem(k, shmem)
+            self._shmem[key] = shmem
         return k
+
+    def _allow_shmem(self, kernel, nbytes: int) -> None:
+        from cuda.bindings import driver
+
+        attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        h = kernel.handle
+        if isinstance(h, driver.CUkernel):  # library-loaded (cuda.core's default): per device
+            _check(driver.cuKernelSetAttribute(attr, nbytes, h, driver.CUdevice(self.device_id)), "cuKernelSetAttribute")
+        else:
+            _check(driver.cuFuncSetAttribute(h, attr, nbytes), "cuFuncSetAttribute")
 
 
 _streams: dict = {}
@@ -131,12 +149,14 @@ def stream_handle(stream) -> int:
     raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream")
 
 
-def launch(stream, grid: int, block: int, kernel, *args) -> None:
-    """Launch ``kernel`` on ``stream`` (torch/CuPy/int/protocol); args are numpy scalars."""
+def launch(stream, grid: int, block: int, kernel, *args, shmem: int = 0) -> None:
+    """Launch ``kernel`` on ``stream`` (torch/CuPy/int/protocol) with ``shmem`` bytes of dynamic
+    shared memory; args are numpy scalars."""
     from cuda.core import LaunchConfig, launch as _launch
 
     try:
-        _launch(_core_stream(stream_handle(stream)), LaunchConfig(grid=grid, block=block), kernel, *args)
+        _launch(_core_stream(stream_handle(stream)), LaunchConfig(grid=grid, block=block, shmem_size=shmem),
+                kernel, *args)
     except Exception as exc:  # noqa: BLE001
         raise CudaError(f"kernel launch failed: {exc}") from exc
 
