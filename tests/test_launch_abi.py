@@ -154,7 +154,7 @@ def test_scatter_gather_launch(make_comm, world, op, flag):
 
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("dt", list(TORCH_DTYPES))
-@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot"])
+@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot"])
 def test_fused_launch_every_vpt(make_comm, world, dt, algorithm):
     comm, rec = make_comm(world)
     ve = catalog.VEC_ELEMS[dt]

@@ -38,10 +38,14 @@ def test_plan_all_reduce_valid_and_deterministic(dtype, world, algorithm):
             with pytest.raises(ValueError, match="all_reduce: algorithm 'bulk'"):
                 plan_all_reduce(nelem, dtype, world, algorithm)
             continue
+        if algorithm == "lamport" and -(-nelem // VEC_ELEMS[dtype]) * 16 > plan.LAMPORT_SLOT:
+            with pytest.raises(ValueError, match="all_reduce: algorithm 'lamport'"):
+                plan_all_reduce(nelem, dtype, world, algorithm)
+            continue
         p = plan_all_reduce(nelem, dtype, world, algorithm)
         assert p == plan_all_reduce(nelem, dtype, world, algorithm)
         assert isinstance(p, Launch)
-        assert p.algorithm in ("oneshot", "twoshot", "bulk")
+        assert p.algorithm in ("lamport", "oneshot", "twoshot", "bulk")
         if algorithm != "auto":
             assert p.algorithm == algorithm
         assert 1 <= p.grid <= MAX_CTAS and isinstance(p.grid, int)
@@ -61,13 +65,14 @@ def test_plan_all_reduce_zero_elements_still_launchable():
 @pytest.mark.parametrize("ctas", [1, 5, MAX_CTAS])
 def test_plan_all_reduce_explicit_ctas(ctas):
     for algorithm in plan.ALLREDUCE_ALGORITHMS:
-        assert plan_all_reduce(1 << 20, "f16", 8, algorithm, ctas).grid == ctas
+        assert plan_all_reduce(1 << 16, "f16", 8, algorithm, ctas).grid == ctas
 
 
-def test_plan_all_reduce_auto_picks_oneshot_for_small_inputs():
-    assert plan_all_reduce(1024, "bf16", 8).algorithm == "oneshot"
-    assert plan_all_reduce(1 << 26, "bf16", 8).algorithm == "bulk"
-    assert plan_all_reduce((1 << 26) + 1, "bf16", 8).algorithm == "twoshot"  # bulk moves whole vectors
+def test_plan_all_reduce_auto_picks_lamport_then_oneshot_for_small_inputs():
+    assert plan_all_reduce(1024, "bf16", 8).algorithm == "lamport"
+    assert plan_all_reduce(plan.LAMPORT_SLOT // 2, "bf16", 8).algorithm == "lamport"
+    assert plan_all_reduce(plan.LAMPORT_SLOT // 2 + 1, "bf16", 8).algorithm == "oneshot"
+    assert plan_all_reduce(1 << 26, "bf16", 8).algorithm == "twoshot"
 
 
 # ---- fused -----------------------------------------------------------------------------------
@@ -100,13 +105,17 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
     for rows in ROWS:
         for hidden in hiddens(dtype):
             row_bytes = hidden * 16 // ve
+            if algorithm == "lamport" and rows * row_bytes > plan.LAMPORT_SLOT:
+                with pytest.raises(ValueError, match="algorithm 'lamport'"):
+                    plan_fused(rows, hidden, dtype, world, algorithm)
+                continue
             if algorithm == "bulk" and 2 * (world + 1) * row_bytes > plan.BULK_SMEM:
                 with pytest.raises(ValueError, match="algorithm 'bulk'"):
                     plan_fused(rows, hidden, dtype, world, algorithm)
                 continue
             p = plan_fused(rows, hidden, dtype, world, algorithm)
             assert p == plan_fused(rows, hidden, dtype, world, algorithm)
-            assert p.algorithm in ("oneshot", "twoshot", "bulk")
+            assert p.algorithm in ("lamport", "oneshot", "twoshot", "bulk")
             if p.algorithm == "bulk":
                 assert 2 * (world + 1) * row_bytes <= p.smem and 2 * p.chunk * row_bytes <= p.smem
             if algorithm != "auto":
@@ -120,8 +129,7 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
 
 @pytest.mark.parametrize("rows", ROWS)
 def test_plan_fused_sharded_is_twoshot(rows):
-    assert plan_fused(rows, 4096, "bf16", 8, sharded=True).algorithm == "bulk"
-    assert plan_fused(rows, 16384, "bf16", 8, sharded=True).algorithm == "twoshot"  # rows too big for bulk
+    assert plan_fused(rows, 4096, "bf16", 8, sharded=True).algorithm == "twoshot"
     assert plan_fused(rows, 4096, "bf16", 8, "twoshot", sharded=True).algorithm == "twoshot"
     with pytest.raises(ValueError, match="fused_allreduce_rmsnorm: algorithm 'oneshot'"):
         plan_fused(rows, 4096, "bf16", 8, "oneshot", sharded=True)
@@ -132,9 +140,9 @@ def test_plan_fused_explicit_ctas():
 
 
 def test_plan_fused_auto_decode_vs_prefill():
-    assert plan_fused(8, 4096, "bf16", 8).algorithm == "oneshot"
-    assert plan_fused(4096, 4096, "bf16", 8).algorithm == "bulk"
-    assert plan_fused(4096, 16384, "bf16", 8).algorithm == "twoshot"
+    assert plan_fused(8, 4096, "bf16", 8).algorithm == "lamport"
+    assert plan_fused(16, 16384, "f32", 8).algorithm == "oneshot"  # 1 MB: past the Lamport slot
+    assert plan_fused(4096, 4096, "bf16", 8).algorithm == "twoshot"
 
 
 # ---- tuning table ----------------------------------------------------------------------------

@@ -57,13 +57,14 @@ LARGE_SET_BYTES = 64 * MB  # sets at least this big get fewer calls / replays
 EPS = 1e-6
 SCHEMA = "weave_nvshmem.bench/1"
 
-AR_VARIANTS = ("ours_auto", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl", "symm_oneshot", "symm_twoshot")
+AR_VARIANTS = ("ours_auto", "ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl", "symm_oneshot", "symm_twoshot")
 AR_BASELINES = ("nccl", "symm_oneshot", "symm_twoshot")
-FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl_add_rmsnorm",
+FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl_add_rmsnorm",
                   "symm_add_rmsnorm", "ours_ar_add_rmsnorm", "add_rmsnorm")
 FUSED_BASELINES = ("nccl_add_rmsnorm", "symm_add_rmsnorm", "ours_ar_add_rmsnorm")
 LABELS = {
     "ours_auto": "ours auto", "ours_oneshot": "ours oneshot", "ours_twoshot": "ours twoshot", "ours_bulk": "ours bulk",
+    "ours_lamport": "ours lamport",
     "ours_sharded": "ours sharded", "nccl": "NCCL", "symm_oneshot": "symm 1shot", "symm_twoshot": "symm 2shot",
     "nccl_add_rmsnorm": "A: NCCL+add+norm", "symm_add_rmsnorm": "B: symm2shot+add+norm",
     "ours_ar_add_rmsnorm": "C: ours AR+add+norm", "add_rmsnorm": "add+norm only",
@@ -573,6 +574,8 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
                     res = {"error": ctx.comm_err or "communicator unavailable"}
                 elif alg == "oneshot" and nbytes > ONESHOT_MAX_BYTES:
                     res = {"error": f"skipped: oneshot only up to {_fmt_bytes(ONESHOT_MAX_BYTES)}"}
+                elif alg == "lamport" and nbytes > planning.LAMPORT_SLOT:
+                    res = {"error": f"skipped: lamport takes up to {_fmt_bytes(planning.LAMPORT_SLOT)}"}
                 else:
                     def call(i, alg=alg, ctas=ctas):
                         ctx.comm.all_reduce(pool.xs[i], out=pool.xs[i], algorithm=alg, ctas=ctas)
@@ -635,12 +638,14 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
                 res = None
                 symm = v == "symm_add_rmsnorm"
                 if v.startswith("ours") and v != "ours_ar_add_rmsnorm":
-                    alg = v.split("_", 1)[1] if v in ("ours_oneshot", "ours_twoshot", "ours_bulk") else "auto"
+                    alg = v.split("_", 1)[1] if v in ("ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk") else "auto"
                     mode = "sharded" if v == "ours_sharded" else "replicated"
                     row.update(algorithm=alg, residual_mode=mode,
                                plan=_plan_dict(planning.plan_fused, tokens, hidden, "bf16", ctx.world, alg, ctas))
                     if ctx.comm is None:
                         res = {"error": ctx.comm_err or "communicator unavailable"}
+                    elif alg == "lamport" and nbytes > planning.LAMPORT_SLOT:
+                        res = {"error": f"skipped: lamport takes up to {_fmt_bytes(planning.LAMPORT_SLOT)}"}
                     else:
                         def call(i, alg=alg, mode=mode, ctas=ctas):
                             ctx.comm.fused_allreduce_rmsnorm(pool.xs[i], pool.rs[i], weight, EPS, residual_mode=mode,

@@ -11,14 +11,15 @@ SHAPES = [(1,), (7,), (13, 5), (1000, 5120), (8191, 4096)]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot", "bulk", "auto"])
+@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot", "bulk", "auto"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_all_reduce_matches_reference(comm, dtype, algorithm, shape):
     dt = DTYPES[dtype]
     xs = all_inputs(zlib.crc32(repr((shape, dtype)).encode()) % 997, shape, dt)
     out = poison(torch.empty(shape, dtype=dt, device="cuda"))
-    if algorithm == "bulk" and xs[0].numel() % (16 // xs[0].element_size()):
-        with pytest.raises(ValueError, match="bulk"):  # whole 16-byte vectors only
+    if (algorithm == "bulk" and xs[0].numel() % (16 // xs[0].element_size())) or (
+            algorithm == "lamport" and xs[0].numel() * xs[0].element_size() > wn.collectives.plan.LAMPORT_SLOT):
+        with pytest.raises(ValueError, match=algorithm):  # bulk: whole 16-byte vectors; lamport: small inputs
             comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
         return
     y = comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
@@ -108,6 +109,7 @@ def test_10k_randomized_back_to_back_calls_are_deterministic(comm):
     for _ in range(10_000):
         x, first, _ = cases[rng.randrange(len(cases))]
         algs = ["oneshot", "twoshot", "auto"] + (["bulk"] if x.numel() % (16 // x.element_size()) == 0 else [])
+        algs += ["lamport"] if x.numel() * x.element_size() <= wn.collectives.plan.LAMPORT_SLOT else []
         y = comm.all_reduce(x, algorithm=rng.choice(algs), ctas=rng.choice([None, 1, 3, 8]))
         mismatches += (y.view(torch.uint8) != first.view(torch.uint8)).sum()
     comm.synchronize()
@@ -125,6 +127,7 @@ def test_1k_cuda_graph_replays(comm):
     out1 = torch.empty_like(x)
     out2 = torch.empty_like(x)
     out3 = torch.empty_like(x)
+    out4 = torch.empty_like(x[:64])
     comm.reserve(x.numel() * x.element_size())
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -133,16 +136,20 @@ def test_1k_cuda_graph_replays(comm):
         comm.all_reduce(x, out=out1, algorithm="oneshot")
         comm.all_reduce(x, out=out2, algorithm="twoshot", ctas=4)
         comm.all_reduce(x, out=out3, algorithm="bulk", ctas=3)
+        comm.all_reduce(x[:64], out=out4, algorithm="lamport")
+        comm.all_reduce(x[:64], out=out4, algorithm="lamport", ctas=2)  # back to back, no barrier between
     bad = torch.zeros((), dtype=torch.int64, device="cuda")
     for i in range(1000):
         k = i % 4
         x.copy_(pool[k][rank()])
         out1.fill_(float("nan"))
         out3.fill_(float("nan"))
+        out4.fill_(float("nan"))
         g.replay()
         bad += (out1.view(torch.int16) != first[k].view(torch.int16)).sum()
         bad += (out2.view(torch.int16) != first[k].view(torch.int16)).sum()
         bad += (out3.view(torch.int16) != first[k].view(torch.int16)).sum()
+        bad += (out4.view(torch.int16) != first[k][:64].view(torch.int16)).sum()
     comm.synchronize()
     assert all_ranks_true(ok and bad.item() == 0), bad.item()
 

@@ -59,10 +59,12 @@ def test_fused_matches_reference(comm, dtype, mode, tokens, hidden):
 
 
 @pytest.mark.parametrize("hidden", [1024, 4096, 7168, 16384])
-@pytest.mark.parametrize("algorithm", ["oneshot", "twoshot", "bulk"])
+@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot", "bulk"])
 def test_fused_hidden_sizes_and_algorithms(comm, hidden, algorithm):
-    if algorithm == "bulk" and 2 * (world() + 1) * hidden * 2 > wn.collectives.plan.BULK_SMEM:
-        with pytest.raises(ValueError, match="bulk"):  # rows too large for two shared-memory stages
+    plan = wn.collectives.plan
+    if (algorithm == "bulk" and 2 * (world() + 1) * hidden * 2 > plan.BULK_SMEM) or (
+            algorithm == "lamport" and 37 * hidden * 2 > plan.LAMPORT_SLOT):
+        with pytest.raises(ValueError, match=algorithm):  # bulk: two stages of rows; lamport: small inputs
             run_case(comm, torch.bfloat16, 37, hidden, "replicated", algorithm, seed=hidden)
         return
     res = run_case(comm, torch.bfloat16, 37, hidden, "replicated", algorithm, seed=hidden)
@@ -141,7 +143,9 @@ def test_fused_10k_back_to_back_and_1k_graph_replays(comm):
     for _ in range(10_000):
         x, res0, w, o_first, r_first = cases[rng.randrange(len(cases))]
         r = res0.clone()
-        o, r = comm.fused_allreduce_rmsnorm(x, r, w, EPS, algorithm=rng.choice(["auto", "oneshot", "twoshot", "bulk"]),
+        algs = ["auto", "oneshot", "twoshot", "bulk"] + (["lamport"] if x.numel() * 2 <= wn.collectives.plan.LAMPORT_SLOT
+                                                         else [])
+        o, r = comm.fused_allreduce_rmsnorm(x, r, w, EPS, algorithm=rng.choice(algs),
                                             ctas=rng.choice([None, 2, 8]))
         bad += (o.view(torch.int16) != o_first.view(torch.int16)).sum()
         bad += (r.view(torch.int16) != r_first.view(torch.int16)).sum()
@@ -149,20 +153,27 @@ def test_fused_10k_back_to_back_and_1k_graph_replays(comm):
     x, res0, w, o_first, r_first = cases[-1]
     rbuf, obuf = res0.clone(), torch.empty_like(o_first)
     rbuf2, obuf2 = res0.clone(), torch.empty_like(o_first)
+    x0, res00, w0, o_first0, r_first0 = cases[0]  # decode size: the Lamport kernel, twice back to back
+    rbuf3, obuf3 = res00.clone(), torch.empty_like(o_first0)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     g = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream), torch.cuda.graph(g, stream=stream):
         comm.fused_allreduce_rmsnorm(x, rbuf, w, EPS, out=obuf)
         comm.fused_allreduce_rmsnorm(x, rbuf2, w, EPS, out=obuf2, algorithm="bulk", ctas=3)
+        for _ in range(2):
+            comm.fused_allreduce_rmsnorm(x0, rbuf3, w0, EPS, out=obuf3, algorithm="lamport")
+            rbuf3.copy_(res00)
     for _ in range(1000):
         rbuf.copy_(res0)
         rbuf2.copy_(res0)
+        obuf3.fill_(float("nan"))
         obuf.fill_(float("nan"))
         obuf2.fill_(float("nan"))
         g.replay()
         for o, r in ((obuf, rbuf), (obuf2, rbuf2)):
             bad += (o.view(torch.int16) != o_first.view(torch.int16)).sum()
             bad += (r.view(torch.int16) != r_first.view(torch.int16)).sum()
+        bad += (obuf3.view(torch.int16) != o_first0.view(torch.int16)).sum()
     comm.synchronize()
     assert all_ranks_true(bad.item() == 0), bad.item()

@@ -64,9 +64,11 @@ class _Channel:
         import torch
 
         self.cap = (cap + 255) // 256 * 256
-        nbytes = catalog.DATA_OFF + (2 * world + 2) * self.cap
+        lamport = catalog.DATA_OFF + (2 * world + 2) * self.cap  # 3 Lamport buffers of world slots
+        nbytes = lamport + 3 * world * catalog.LAMPORT_SLOT
         self.buf = heap.empty((nbytes,), torch.uint8, label=f"weave:channel{index}")
         self.buf[: catalog.DATA_OFF].zero_()
+        self.buf[lamport:].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
         self.ws = self.buf.data_ptr()
         alloc = heap.allocation_of(self.buf, op="Communicator")
         self.deltas = tuple(np.int64(p - alloc.base if p else 0) for p in alloc.peer_bases)
@@ -281,7 +283,7 @@ class Communicator:
         ch = self._prepare("all_reduce", channel, planning.staging_bytes(n * xt.element_size()))
         x_in = _aligned(xt)
         head = (np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()), np.uint64(n))
-        if p.algorithm != "oneshot" and ch.mc_ws:
+        if p.algorithm in ("twoshot", "bulk") and ch.mc_ws:
             k = self._kernels.kernel("multimem.ptx", f"wn_allreduce_multimem_{dt}_w{self.world}", dt, self.world)
             head += (np.uint32(0), np.uint64(ch.mc_ws))
             p = dataclasses.replace(p, smem=0)
@@ -390,7 +392,7 @@ class Communicator:
         flags = (1 if residual_mode == "sharded" else 0) | (2 if has_res else 0)
         head = (np.uint64(o.data_ptr()), np.uint64(rt_.data_ptr()), np.uint64(x_in.data_ptr()),
                 np.uint64(w_in.data_ptr()), np.uint64(rows), np.uint32(hidden), np.float32(eps), np.uint32(flags))
-        if p.algorithm != "oneshot" and ch.mc_ws:
+        if p.algorithm in ("twoshot", "bulk") and ch.mc_ws:
             k = self._kernels.kernel("multimem.ptx", f"wn_fused_multimem_{dt}_w{self.world}_v{p.vpt}", dt, self.world)
             head += (np.uint64(ch.mc_ws),)
             p = dataclasses.replace(p, smem=0)

@@ -10,12 +10,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ptx.catalog import MAX_CTAS, VEC_ELEMS
+from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
-ALLREDUCE_ALGORITHMS = ("auto", "oneshot", "twoshot", "bulk")
-FUSED_ALGORITHMS = ("auto", "oneshot", "twoshot", "bulk")
+ALLREDUCE_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
+FUSED_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
+#: "bulk" (TMA bulk copies, bulk.ptx) is correct but 1.3-1.9x slower than "twoshot" at every CTA
+#: count measured on 4xH200 (bench/*-nvidia-h200-w4.json), so "auto" picks it only from a tuning table.
 #: dynamic shared memory of the bulk-copy kernels (an H100/H200 block may have 227 KB; ~1 KB is static)
 BULK_SMEM = 200 * 1024
 #: target bytes of one bulk-copy chunk (a TMA transfer); fused chunks are whole rows
@@ -88,22 +90,26 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
     if algorithm == "bulk" and not bulk_ok:
         raise ValueError(f"{op}: algorithm 'bulk' moves whole 16-byte vectors; {nelem} elements of {dtype} "
                          f"are not a multiple of {ve} (use 'twoshot' or 'auto')")
+    if algorithm == "lamport" and nvec * 16 > LAMPORT_SLOT:
+        raise ValueError(f"{op}: algorithm 'lamport' takes inputs up to {LAMPORT_SLOT} bytes (got {nbytes}); "
+                         "use 'oneshot', 'twoshot' or 'auto'")
     if algorithm == "auto":
         tuned = _tuned(op, world, nbytes)
-        if tuned and (tuned[0] != "bulk" or bulk_ok):
+        if tuned and (tuned[0] != "bulk" or bulk_ok) and (tuned[0] != "lamport" or nvec * 16 <= LAMPORT_SLOT):
             algorithm, ctas = tuned[0], ctas or tuned[1]
+        elif nvec * 16 <= LAMPORT_SLOT:
+            algorithm = "lamport"
         else:
             # crossover measured on H200 (bench/allreduce-*.json): 4 MB at 2 ranks, 1 MB at 4
-            algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else (
-                "bulk" if bulk_ok else "twoshot")
+            algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else "twoshot"
     block = 512
     if algorithm == "bulk":
         chunks = -(-(-(-nvec // world)) // bulk_chunk)  # per segment
         return Launch(algorithm, ctas or max(1, min(16, chunks)), block, chunk=bulk_chunk, smem=BULK_SMEM)
     if ctas is None:
-        per_rank = nvec if algorithm == "oneshot" else -(-nvec // world)
+        per_rank = -(-nvec // world) if algorithm == "twoshot" else nvec
         # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
-        cap = 16 if algorithm == "oneshot" else (64 if world <= 2 else 32)
+        cap = (64 if world <= 2 else 32) if algorithm == "twoshot" else 16
         ctas = max(1, min(cap, -(-per_rank // (2 * block))))
     return Launch(algorithm, ctas, block)
 
@@ -124,13 +130,16 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
     op = "fused_allreduce_rmsnorm"
     if algorithm not in FUSED_ALGORITHMS:
         raise ValueError(f"{op}: algorithm must be one of {FUSED_ALGORITHMS} (got {algorithm!r})")
-    if sharded and algorithm == "oneshot":
-        raise ValueError(f"{op}: algorithm 'oneshot' needs residual_mode='replicated' (every rank reads every "
-                         "residual row); use 'twoshot' or 'auto' with a sharded residual")
+    if sharded and algorithm in ("oneshot", "lamport"):
+        raise ValueError(f"{op}: algorithm '{algorithm}' needs residual_mode='replicated' (every rank reads "
+                         "every residual row); use 'twoshot' or 'auto' with a sharded residual")
     ctas = _check_ctas(ctas, op)
     block, vpt = fused_block(hidden, dtype)
     row_bytes = hidden * (16 // _vec_elems(dtype, op))
     nbytes = rows * row_bytes
+    if algorithm == "lamport" and nbytes > LAMPORT_SLOT:
+        raise ValueError(f"{op}: algorithm 'lamport' takes inputs up to {LAMPORT_SLOT} bytes (got {nbytes}); "
+                         "use 'oneshot', 'twoshot' or 'auto'")
     # bulk: a phase-2 stage holds a row of every rank plus the residual row, and 2 stages must fit
     bulk_ok = 2 * (world + 1) * row_bytes <= BULK_SMEM
     if algorithm == "bulk" and not bulk_ok:
@@ -138,20 +147,21 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
                          f"{BULK_SMEM} bytes of shared memory; hidden {hidden} is too large (use 'twoshot')")
     if algorithm == "auto":
         tuned = _tuned(op, world, nbytes)
-        if tuned and not (sharded and tuned[0] == "oneshot") and (tuned[0] != "bulk" or bulk_ok):
+        if (tuned and not (sharded and tuned[0] in ("oneshot", "lamport")) and (tuned[0] != "bulk" or bulk_ok)
+                and (tuned[0] != "lamport" or nbytes <= LAMPORT_SLOT)):
             algorithm, ctas = tuned[0], ctas or tuned[1]
         elif not sharded and ((world <= 2 and rows <= 64) or rows <= 16):
-            algorithm = "oneshot"
+            algorithm = "lamport" if nbytes <= LAMPORT_SLOT else "oneshot"
         else:
-            algorithm = "bulk" if bulk_ok else "twoshot"
+            algorithm = "twoshot"
     if algorithm == "bulk":
         chunk = max(1, min(BULK_CHUNK_BYTES, BULK_SMEM // 2) // row_bytes)
         return Launch(algorithm, ctas or max(1, min(16, -(-rows // world))), block, vpt, chunk, BULK_SMEM)
     if ctas is None:
         # one row per block at a time: more rows per rank want more blocks (measured: time halves
         # with each doubling up to 32 blocks at 1024+ tokens on 2 and 4 H200s)
-        per_rank_rows = rows if algorithm == "oneshot" else -(-rows // world)
-        ctas = max(1, min(16 if algorithm == "oneshot" else 64, per_rank_rows))
+        per_rank_rows = -(-rows // world) if algorithm == "twoshot" else rows
+        ctas = max(1, min(64 if algorithm == "twoshot" else 16, per_rank_rows))
     return Launch(algorithm, ctas, block, vpt)
 
 

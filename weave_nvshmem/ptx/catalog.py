@@ -20,6 +20,9 @@ MAX_CTAS = 128
 PAD_OFF = 256
 DATA_OFF = 8192
 assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DATA_OFF
+#: bytes of one Lamport slot (allreduce.ptx "lamport": inputs up to this size); a channel holds
+#: 3 buffers x world slots after its staging/result buffers
+LAMPORT_SLOT = 512 * 1024
 #: most shared-memory stages (and mbarriers per phase) of the bulk-copy kernels
 MAX_STAGES = 32
 
@@ -46,7 +49,7 @@ def params(dtype: str | None, world: int) -> dict:
     p = {"WORLD": world, "MAX_WORLD": MAX_WORLD, "MAX_CTAS": MAX_CTAS,
          # vectors each thread keeps in flight per peer/segment: ~16 loads in flight whatever WORLD
          "UNROLL": min(4, max(1, 16 // world)),
-         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "MAXST": MAX_STAGES, "DTYPE": dtype or "none"}
+         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "MAXST": MAX_STAGES, "LSLOT": LAMPORT_SLOT, "DTYPE": dtype or "none"}
     if dtype is not None:
         if dtype not in VEC_ELEMS:
             raise ValueError(f"unsupported PTX dtype {dtype!r}; expected one of {DTYPES}")
