@@ -151,7 +151,9 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
                 and (tuned[0] != "lamport" or nbytes <= LAMPORT_SLOT)):
             algorithm, ctas = tuned[0], ctas or tuned[1]
         elif not sharded and ((world <= 2 and rows <= 64) or rows <= 16):
-            algorithm = "lamport" if nbytes <= LAMPORT_SLOT else "oneshot"
+            # not "lamport": its per-thread polling measured 0.5-0.9 us slower than the barrier
+            # here (bench/fused-nvidia-h200-w4.json, 1-16 tokens), unlike the plain all-reduce
+            algorithm = "oneshot"
         else:
             algorithm = "twoshot"
     if algorithm == "bulk":
