@@ -6,41 +6,38 @@ import weave_nvshmem as wn
 from conftest import all_ranks_true, rank, world
 
 
-def test_barrier_with_missing_peer_times_out(comm):
+def _missing_peer_times_out(op, call, then=None):
+    """The last rank stays away from ``call(c)``; every other rank must get PeerTimeoutError naming
+    ``op`` and that peer (then ``then(c)`` runs there, e.g. to show the communicator is broken)."""
     if world() < 2:
         pytest.skip("needs >= 2 ranks")
     late = world() - 1
     c = wn.Communicator(wn.CommOptions(timeout_s=0.5, channels=1))
     msg = ""
     if rank() != late:
-        c.barrier()
+        call(c)
         try:
             c.synchronize()
         except wn.PeerTimeoutError as exc:
             msg = str(exc)
+        if then:
+            then(c)
+    c.close()
+    ok = True if rank() == late else (f"peer {late}" in msg and msg.startswith(op))
+    assert all_ranks_true(ok), msg
+
+
+def test_barrier_with_missing_peer_times_out(comm):
+    def broken(c):
         with pytest.raises(wn.WeaveError, match="broken"):
             c.barrier()
-    c.close()
-    ok = True if rank() == late else (f"peer {late}" in msg and msg.startswith("barrier"))
-    assert all_ranks_true(ok), msg
+
+    _missing_peer_times_out("barrier", lambda c: c.barrier(), broken)
 
 
 def test_lamport_all_reduce_with_missing_peer_times_out(comm):
     """No barrier in the Lamport path: the bounded poll itself names the peer whose data is missing."""
-    if world() < 2:
-        pytest.skip("needs >= 2 ranks")
-    late = world() - 1
-    c = wn.Communicator(wn.CommOptions(timeout_s=0.5, channels=1))
-    msg = ""
-    if rank() != late:
-        c.all_reduce(torch.ones(1024, device="cuda"), algorithm="lamport")
-        try:
-            c.synchronize()
-        except wn.PeerTimeoutError as exc:
-            msg = str(exc)
-    c.close()
-    ok = True if rank() == late else (f"peer {late}" in msg and msg.startswith("all_reduce"))
-    assert all_ranks_true(ok), msg
+    _missing_peer_times_out("all_reduce", lambda c: c.all_reduce(torch.ones(1024, device="cuda"), algorithm="lamport"))
 
 
 def test_heap_exhaustion_is_a_clear_error(comm):
@@ -51,3 +48,11 @@ def test_heap_exhaustion_is_a_clear_error(comm):
     ok = bool((t == 0).all().item())
     wn.free(t)
     assert all_ranks_true(ok)
+
+
+def test_lamport_fused_with_missing_peer_times_out(comm):
+    """The fused Lamport kernel leaves a row's block together after a timed-out poll (no hang)."""
+    x = torch.ones(3, 4096, dtype=torch.bfloat16, device="cuda")
+    w = torch.ones(4096, dtype=torch.bfloat16, device="cuda")
+    _missing_peer_times_out("fused_allreduce_rmsnorm",
+                            lambda c: c.fused_allreduce_rmsnorm(x, None, w, algorithm="lamport"))
