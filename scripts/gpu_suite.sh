@@ -30,4 +30,17 @@ if [ "${SKIP_BENCH:-0}" != "1" ]; then
   timeout "${BENCH_TIMEOUT:-480}" torchrun --nproc-per-node="$NGPU" -m weave_nvshmem.bench ${BENCH_ARGS:-all} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/bench.log" | tail -60
   echo "bench exit code: ${PIPESTATUS[0]}"
 fi
+# ---- examples (after the bench): TP Llama check + layer benchmark, CuPy pipeline ----------------
+# SKIP_EXAMPLES=1 skips them; EXAMPLE_TIMEOUT bounds each command; LAYER_BENCH_ARGS go to the layer
+# bench (e.g. --quick). Reports: $OUTDIR/tp_llama-check-*.json, $OUTDIR/bench/layer-*.{json,md,png}.
+if [ "${SKIP_EXAMPLES:-0}" != "1" ]; then
+  NGPU=$(nvidia-smi -L | wc -l)
+  mkdir -p "$OUTDIR/bench"
+  timeout "${EXAMPLE_TIMEOUT:-540}" torchrun --nproc-per-node="$NGPU" examples/tp_llama.py check --out "$OUTDIR" 2>&1 | tee "$OUTDIR/tp_llama-check.log" | tail -60
+  echo "tp_llama check exit code: ${PIPESTATUS[0]}"
+  timeout "${EXAMPLE_TIMEOUT:-540}" torchrun --nproc-per-node="$NGPU" examples/tp_llama.py bench --out "$OUTDIR/bench" ${LAYER_BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/layer-bench.log" | tail -60
+  echo "layer bench exit code: ${PIPESTATUS[0]}"
+  timeout "${EXAMPLE_TIMEOUT:-540}" torchrun --nproc-per-node="$NGPU" examples/cupy_pipeline.py 2>&1 | tee "$OUTDIR/cupy-pipeline.log" | tail -20
+  echo "cupy pipeline exit code: ${PIPESTATUS[0]}"
+fi
 exit $rc

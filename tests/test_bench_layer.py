@@ -1,0 +1,127 @@
+"""The layer benchmark's host side (examples/bench_layer.py): settings, SplitTuner wiring, and the
+JSON / markdown / PNG writers on synthetic rows."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+
+import bench_layer  # noqa: E402
+import tp_llama  # noqa: E402
+
+from weave_nvshmem.overlap import Candidate, LayerShape, SplitTuner, candidates  # noqa: E402
+
+
+def _args(*argv):
+    return tp_llama.parser().parse_args(["bench", *argv])
+
+
+def test_settings_defaults_and_overrides():
+    s = bench_layer.settings(_args())
+    assert s["tokens"] == list(bench_layer.TOKENS_FULL) == [1, 16, 128, 512, 1024, 2048, 4096, 8192, 16384]
+    assert (s["replays"], s["tune_replays"], s["comm_ctas"], s["residual_mode"], s["layers"]) == \
+        (20, 6, 8, "replicated", 2)
+    assert (s["config"]["hidden"], s["config"]["intermediate"], s["config"]["heads"], s["config"]["kv_heads"]) == \
+        (8192, 28672, 64, 8)
+    q = bench_layer.settings(_args("--quick", "--layers", "1", "--comm-ctas", "16", "--residual", "sharded"))
+    assert (q["tokens"], q["replays"], q["layers"], q["config"]["layers"]) == ([1, 128, 1024, 8192], 10, 1, 1)
+    assert (q["comm_ctas"], q["residual_mode"]) == (16, "sharded")
+    assert bench_layer.settings(_args("--tokens", "3", "5", "--replays", "7"))["tokens"] == [3, 5]
+    assert [bench_layer.graph_calls(t) for t in (1, 1024, 1025, 4096, 8192)] == [4, 4, 2, 2, 1]
+
+
+def test_tune_picks_fastest_candidate_and_records_all(tmp_path):
+    s = bench_layer.settings(_args())
+    shape = LayerShape(8192, 28672, 64, 8, 4)
+    tuner = SplitTuner("dev", path=tmp_path / "splits.json")
+    cost = {"fused": 900.0, "nccl": 1000.0}
+    calls = []
+
+    def timed(mode, split, replays):
+        calls.append((mode, split, replays))
+        if split == 1024:
+            return {"error": "replay: rank 1: boom"}
+        return {"us": cost.get(mode, 700.0 + split / 100), "error": None}
+
+    chosen, tried = bench_layer._tune(s, tuner, shape, 132, 2048, timed)
+    cands = candidates(shape, 2048, sms=132, comm_ctas=8)
+    assert [(t["mode"], t["split"]) for t in tried] == [(c.mode, c.split) for c in cands]
+    assert all(r == s["tune_replays"] for *_, r in calls)
+    assert ("nccl", 0, s["tune_replays"]) in calls  # "plain" runs as the nccl mode
+    weave_ok = [c for c in cands if c.mode == "weave" and c.split != 1024]
+    assert chosen == min(weave_ok, key=lambda c: c.split)
+    assert any(t["error"] for t in tried) == any(c.split == 1024 for c in cands)
+    small, _ = bench_layer._tune(s, tuner, shape, 132, 16, timed)  # no split below 2 x 128 tokens
+    assert small == Candidate("fused")
+
+
+def _doc():
+    rows = []
+    us = {1: {"nccl": 600.0, "fused": 500.0, "weave": 500.0, "no_comm": 400.0},
+          2048: {"nccl": 9000.0, "fused": 8000.0, "weave": 6000.0, "no_comm": 5000.0}}
+    for tokens, modes in us.items():
+        for mode, u in modes.items():
+            row = {"tokens": tokens, "mode": mode, "layers": 2, "hidden": 8192, "us": u, "us_max_rank": u * 1.01,
+                   "error": None, "us_per_layer": u / 2, "tokens_per_s_per_layer": tokens / (u / 2) * 1e6}
+            if mode == "weave":
+                row["schedule"] = {"mode": "fused", "split": 0} if tokens == 1 else {"mode": "weave", "split": 683}
+                row["candidates"] = [{"mode": "fused", "split": 0, "us": 510.0, "error": None},
+                                     {"mode": "weave", "split": 1024, "us": None, "error": "capture: rank 0: boom"}]
+            rows.append(row)
+    for mode in tp_llama.MODES:
+        rows.append({"tokens": 16384, "mode": mode, "layers": 2, "hidden": 8192, "us": None,
+                     "error": "skipped: --budget-s exhausted"})
+    settings = bench_layer.settings(_args())
+    return {"schema": bench_layer.SCHEMA, "name": "layer", "device": "NVIDIA H200", "device_slug": "nvidia-h200",
+            "world_size": 4, "git_commit": "0123456789abcdef", "versions": {"torch": "x"}, "settings": settings,
+            "results": rows, "fatal": None}
+
+
+def test_ratios():
+    r = {x["tokens"]: x for x in bench_layer.ratios(_doc()["results"])}
+    assert r[2048]["nccl_over_weave"] == pytest.approx(1.5)
+    assert r[2048]["nccl_over_fused"] == pytest.approx(9000 / 8000)
+    assert r[2048]["weave_over_no_comm"] == pytest.approx(1.2)
+    assert r[16384] == {"tokens": 16384, "weave_over_no_comm": None, "nccl_over_weave": None, "nccl_over_fused": None}
+
+
+def test_markdown_table():
+    md = bench_layer.markdown(_doc())
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| tokens"))
+    assert lines[head] == ("| tokens | NCCL us | fused us | weave us | no comm us | weave schedule | NCCL / weave | "
+                           "NCCL / fused | weave / no comm | weave tokens/s per layer |")
+    assert lines[head + 2] == "| 1 | 300.0 | 250.0 | 250.0 | 200.0 | fused | 1.20x | 1.20x | 1.25x | 4.0k |"
+    assert lines[head + 3] == ("| 2048 | 4500.0 | 4000.0 | 3000.0 | 2500.0 | split 683 | 1.50x | 1.12x | 1.20x "
+                               "| 682.7k |")
+    assert lines[head + 4].startswith("| 16384 | err | err | err | err | - | - | - | - | - |")
+    assert "- weave at tokens [16384]: skipped: --budget-s exhausted" in md
+    assert "- weave candidate split 1024 at tokens [1, 2048]: capture: rank 0: boom" in md
+    assert "4x NVIDIA H200" in md and "0123456789" in md and "8 comm CTAs" in md
+    assert bench_layer.schedule_text({"mode": "plain", "split": 0}) == "plain (NCCL)"
+
+
+def test_write_outputs(tmp_path):
+    doc = _doc()
+    paths = bench_layer.write_outputs(doc, tmp_path / "out")
+    assert paths["json"].endswith("layer-nvidia-h200-w4.json")
+    saved = json.loads(open(paths["json"]).read())
+    assert saved["ratios"] == bench_layer.ratios(doc["results"])
+    assert saved["results"][2]["schedule"] == {"mode": "fused", "split": 0}
+    assert open(paths["md"]).read() == bench_layer.markdown(doc)
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "png" not in paths
+    else:
+        assert os.path.getsize(paths["png"]) > 1000
+    assert "png" not in bench_layer.write_outputs(doc, tmp_path / "partial", plotted=False)
+
+
+def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    paths = bench_layer.write_outputs(_doc(), tmp_path)
+    assert set(paths) == {"json", "md"}
+    assert "matplotlib unavailable" in capsys.readouterr().err
