@@ -16,8 +16,9 @@ from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 ALLREDUCE_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
 FUSED_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
-#: "bulk" (TMA bulk copies, bulk.ptx) is correct but 1.3-1.9x slower than "twoshot" at every CTA
-#: count measured on 4xH200 (bench/*-nvidia-h200-w4.json), so "auto" picks it only from a tuning table.
+#: "bulk" (TMA bulk copies, bulk.ptx) is correct but 1.2-1.6x slower than "twoshot" at every CTA
+#: count on 4xH200; on 2xH200 the fused one is 8-15% faster at 2-16 CTAs, slower at 32-64
+#: (bench/*-nvidia-h200-w{2,4}.json). "auto" picks it only from a tuning table.
 #: dynamic shared memory of the bulk-copy kernels (an H100/H200 block may have 227 KB; ~1 KB is static)
 BULK_SMEM = 200 * 1024
 #: target bytes of one bulk-copy chunk (a TMA transfer); fused chunks are whole rows
