@@ -264,15 +264,9 @@ def markdown(doc: dict) -> str:
 
 def plot(doc: dict, path) -> str | None:
     """PNG: us per layer vs tokens per mode (log-log), and the ratios vs tokens."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
-    except Exception as exc:  # noqa: BLE001
-        print(f"warning: matplotlib unavailable ({bench._err(exc)}); no plot written", file=sys.stderr, flush=True)
+    if (mpl := bench.pyplot()) is None:
         return None
+    plt, FuncFormatter = mpl
     rows = [r for r in doc["results"] if not r.get("error") and r.get("us_per_layer")]
     fig, (lat, rat) = plt.subplots(1, 2, figsize=(12.4, 4.8))
     for m in tp_llama.MODES:

@@ -810,8 +810,8 @@ def markdown(doc: dict, full: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(doc: dict, path) -> str | None:
-    """PNG of one result document: latency vs size per variant (log-log) and the CTA sweep."""
+def pyplot():
+    """(matplotlib.pyplot, FuncFormatter) on the Agg backend, or None (with a warning) without matplotlib."""
     try:
         import matplotlib
 
@@ -821,6 +821,14 @@ def plot(doc: dict, path) -> str | None:
     except Exception as exc:  # noqa: BLE001
         print(f"warning: matplotlib unavailable ({_err(exc)}); no plot written", file=sys.stderr, flush=True)
         return None
+    return plt, FuncFormatter
+
+
+def plot(doc: dict, path) -> str | None:
+    """PNG of one result document: latency vs size per variant (log-log) and the CTA sweep."""
+    if (mpl := pyplot()) is None:
+        return None
+    plt, FuncFormatter = mpl
     name, rows = doc["name"], doc["results"]
     if name == "allreduce":
         panels = [("tokens", AR_HIDDEN, "tokens", f"all_reduce, tokens x {AR_HIDDEN} bf16")]
