@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a GPU machine without network (the lent H200s): install the carried nvshmem4py wheel, then run
-# the multi-GPU test suite and (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
+# the multi-GPU test suite, (RUN_TUNE=1) the tuning command, (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
 # NVLink multicast stays off: NVSHMEM_DISABLE_NVLS defaults to 1 and any other value is refused.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,11 @@ rc=0
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   timeout "${TEST_TIMEOUT:-480}" bash tests/gpu/run.sh ${PYTEST_ARGS:-} 2>&1 | tee "$OUTDIR/gpu-tests.log"; rc=${PIPESTATUS[0]}
   echo "gpu suite exit code: $rc"
+fi
+if [ "${RUN_TUNE:-0}" = "1" ]; then  # measure and install this device's tuning table before the bench
+  NGPU=$(nvidia-smi -L | wc -l)
+  timeout "${TUNE_TIMEOUT:-480}" torchrun --nproc-per-node="$NGPU" -m weave_nvshmem.bench tune ${TUNE_ARGS:-} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/tune.log" | tail -30
+  echo "tune exit code: ${PIPESTATUS[0]}"
 fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   NGPU=$(nvidia-smi -L | wc -l)

@@ -237,3 +237,43 @@ def test_staging_bytes_rounds_to_vectors():
 
 def test_world_limit_matches_catalog():
     assert MAX_WORLD == 8
+
+
+def test_tuning_table_per_device_and_stale_rows(tmp_path, monkeypatch):
+    """Without $WEAVE_NVSHMEM_TUNING the planner reads the tune command's table for this device
+    model under $WEAVE_NVSHMEM_CACHE; rows naming unknown algorithms or bad CTA counts are ignored."""
+    monkeypatch.delenv("WEAVE_NVSHMEM_TUNING")
+    monkeypatch.setenv("WEAVE_NVSHMEM_CACHE", str(tmp_path))
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
+    assert plan.tuning_path() == tmp_path / "tuning" / "nvidia-h200.json"
+    plan._load.cache_clear()
+    heuristic = {n: plan_all_reduce(n, "f32", 4) for n in (256, 1000)}  # no table yet
+    plan.tuning_path().parent.mkdir(parents=True)
+    plan.tuning_path().write_text(json.dumps({"all_reduce": {"4": [
+        {"bytes": 1024, "algorithm": "fourshot", "ctas": 3},
+        {"bytes": 4096, "algorithm": "twoshot", "ctas": 0},
+        {"bytes": 1 << 20, "algorithm": "twoshot", "ctas": 6}]}}))
+    plan._load.cache_clear()
+    assert plan_all_reduce(256, "f32", 4) == heuristic[256]     # unknown algorithm: built-in rules
+    assert plan_all_reduce(1000, "f32", 4) == heuristic[1000]   # ctas out of range: built-in rules
+    assert plan_all_reduce(100_000, "f32", 4) == Launch("twoshot", 6, 512)
+    plan._load.cache_clear()
+
+
+def test_tune_pick_prefers_few_ctas_within_tolerance():
+    from weave_nvshmem.bench import tune_pick, tuning_table
+
+    times = {("twoshot", 64): 100.0, ("twoshot", 16): 102.5, ("twoshot", 8): 110.0, ("bulk", 8): None}
+    assert tune_pick(times) == ("twoshot", 16)
+    assert tune_pick(times, tolerance=0.0) == ("twoshot", 64)
+    assert tune_pick({("bulk", 2): None}) is None
+    rows = [{"op": "all_reduce", "bytes": 8, "algorithm": "lamport", "ctas": 2},
+            {"op": "all_reduce", "bytes": 4, "algorithm": "oneshot", "ctas": 4},
+            {"op": "fused_allreduce_rmsnorm", "bytes": 4, "error": "no configuration ran"}]
+    table = tuning_table(rows, 4, previous={"all_reduce": {"2": [{"bytes": 1, "algorithm": "twoshot", "ctas": 1}]}})
+    assert table == {"all_reduce": {"2": [{"bytes": 1, "algorithm": "twoshot", "ctas": 1}],
+                                    "4": [{"bytes": 4, "algorithm": "oneshot", "ctas": 4},
+                                          {"bytes": 8, "algorithm": "lamport", "ctas": 2}]}}

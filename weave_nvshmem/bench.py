@@ -50,6 +50,10 @@ AR_CTAS = (2, 4, 8, 16, 32, 64)
 AR_CTA_TOKENS = (1024, 8192)
 FUSED_CTAS = (2, 4, 8, 16, 32, 64)
 FUSED_CTA_MIN_TOKENS = 1024
+#: the tune command: CTA counts tried per algorithm, and how much slower than the best a choice with
+#: fewer CTAs may be (CTAs the collective leaves free run the GEMMs beside it)
+TUNE_CTAS = (2, 4, 8, 16, 32, 64)
+TUNE_TOLERANCE = 0.03
 #: the variants swept over CTA counts (fused: bulk at every hidden size, twoshot at AR_HIDDEN)
 SWEPT = ("ours_bulk", "ours_twoshot")
 ONESHOT_MAX_BYTES = 64 * MB  # ours oneshot all-reduce only up to this size
@@ -92,7 +96,9 @@ def _pct(xs, q):
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+    from .collectives.plan import device_slug
+
+    return device_slug(name) or "unknown"
 
 
 def _git_commit() -> str:
@@ -685,6 +691,119 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
     return rows
 
 
+def tune_pick(times: dict, tolerance: float = TUNE_TOLERANCE):
+    """The (algorithm, ctas) to use from ``times`` {(algorithm, ctas): us or None}: the fewest CTAs
+    within ``tolerance`` of the fastest, then the faster; None if nothing ran."""
+    ok = {k: v for k, v in times.items() if v}
+    if not ok:
+        return None
+    best = min(ok.values())
+    return min((k for k, v in ok.items() if v <= best * (1 + tolerance)), key=lambda k: (k[1], ok[k]))
+
+
+def bench_tune(ctx: Ctx, s: dict) -> list:
+    """Time every algorithm x TUNE_CTAS of all_reduce and the fused op (replicated residual) at
+    tokens x AR_HIDDEN; one row per (op, size) with every time and rank 0's pick (broadcast)."""
+    import torch
+    import torch.distributed as dist
+
+    from .collectives import plan as planning
+
+    rows = []
+    wgen = torch.Generator(device=ctx.device)
+    wgen.manual_seed(4242)
+    weight = torch.randn(AR_HIDDEN, generator=wgen, device=ctx.device, dtype=torch.float32).to(torch.bfloat16)
+    for op, algorithms, plan_fn in (("all_reduce", planning.ALLREDUCE_ALGORITHMS, planning.plan_all_reduce),
+                                    ("fused_allreduce_rmsnorm", planning.FUSED_ALGORITHMS, planning.plan_fused)):
+        for idx, tokens in enumerate(s["tokens"]):
+            nbytes = tokens * AR_HIDDEN * 2
+            row = {"op": op, "tokens": tokens, "hidden": AR_HIDDEN, "bytes": nbytes, "measured": {}}
+            rows.append(row)
+            if _budget_exhausted(ctx):
+                row["error"] = "skipped: --budget-s exhausted"
+                continue
+            n_sets, calls, warm, reps = _sets_for(nbytes, s)
+            made = {}
+            err = ctx.agree(ctx._try(lambda: made.update(
+                pool=Pool(ctx, (tokens, AR_HIDDEN), n_sets, key=5000 + idx, residual=op != "all_reduce"),
+                out=torch.empty((tokens, AR_HIDDEN), dtype=torch.bfloat16, device=ctx.device))))
+            if err or ctx.comm is None:
+                row["error"] = f"input allocation failed: {err}" if err else (ctx.comm_err or "no communicator")
+                made.clear()
+                continue
+            pool, out = made["pool"], made["out"]
+            times = {}
+            for alg in algorithms[1:]:
+                for c in TUNE_CTAS:
+                    if alg == "oneshot" and nbytes > ONESHOT_MAX_BYTES:
+                        continue
+                    try:
+                        plan_fn(*((pool.n, "bf16") if op == "all_reduce" else (tokens, AR_HIDDEN, "bf16")),
+                                ctx.world, alg, c)
+                    except ValueError:  # this algorithm cannot take this size
+                        continue
+                    if op == "all_reduce":
+                        def call(i, alg=alg, c=c):
+                            ctx.comm.all_reduce(pool.xs[i], out=pool.xs[i], algorithm=alg, ctas=c)
+                    else:
+                        def call(i, alg=alg, c=c):
+                            ctx.comm.fused_allreduce_rmsnorm(pool.xs[i], pool.rs[i], weight, EPS, algorithm=alg,
+                                                             ctas=c, out=out)
+                    res = ctx.measure(call, lambda: pool.refresh(False), n_sets, calls, warm, reps)
+                    times[(alg, c)] = None if res.get("error") else res.get("us")
+                    row["measured"][f"{alg}:{c}"] = res.get("us") if times[(alg, c)] else res.get("error")
+            pick = [tune_pick(times)]
+            if ctx.world > 1:
+                dist.broadcast_object_list(pick, src=0)
+            if pick[0] is None:
+                row["error"] = "no configuration ran"
+            else:
+                row.update(algorithm=pick[0][0], ctas=pick[0][1], us=times.get(tuple(pick[0])))
+                ctx.log(f"tune {op} T={tokens}: {pick[0][0]} x {pick[0][1]} CTAs, {row['us']} us")
+            pool = out = None
+            made.clear()
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    return rows
+
+
+def tuning_table(rows: list, world: int, previous: dict | None = None) -> dict:
+    """The planner's table from tune rows (other world sizes of ``previous`` are kept)."""
+    table = {op: dict(v) for op, v in (previous or {}).items()}
+    for op in ("all_reduce", "fused_allreduce_rmsnorm"):
+        picks = [{"bytes": r["bytes"], "algorithm": r["algorithm"], "ctas": r["ctas"]}
+                 for r in rows if r["op"] == op and r.get("algorithm")]
+        if picks:
+            table.setdefault(op, {})[str(world)] = sorted(picks, key=lambda r: r["bytes"])
+    return table
+
+
+def tune_markdown(doc: dict) -> str:
+    """The picks of a tune document as a markdown table."""
+    lines = [f"**tune** on {doc['world_size']}x {doc['device']} (bf16, tokens x {AR_HIDDEN}; fewest CTAs within "
+             f"{TUNE_TOLERANCE:.0%} of the fastest)\n", "| op | tokens | algorithm | ctas | us |", "|---|---:|---|---:|---:|"]
+    for r in doc["results"]:
+        lines.append(f"| {r['op']} | {r['tokens']} | {r.get('algorithm', r.get('error', '-'))} | {r.get('ctas', '-')} | "
+                     f"{_f(r.get('us'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def install_tuning(rows: list, world: int) -> Path:
+    """Merge the picks into this device's table where the planner looks (plan.tuning_path())."""
+    from .collectives import plan as planning
+
+    path = planning.tuning_path()
+    if path is None:
+        raise RuntimeError("tune: no CUDA device, nowhere to install the table")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(tuning_table(rows, world, previous), indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    planning._load.cache_clear()
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # speedups, markdown, plot (pure functions of the JSON document; no GPU)
 # ---------------------------------------------------------------------------------------------
@@ -946,7 +1065,7 @@ def _settings(args) -> dict:
 
 def _max_bytes(what, s):
     m = 16
-    if what in ("allreduce", "all"):
+    if what in ("allreduce", "all", "tune"):
         m = max([m, max(s["tokens"]) * AR_HIDDEN * 2] + s["raw_bytes"])
     if what in ("fused", "all"):
         m = max(m, max(s["tokens"]) * max(FUSED_HIDDENS) * 2)
@@ -1005,7 +1124,8 @@ def run(args) -> int:
                 f"{ctx.device_name}, reserve {_fmt_bytes(reserve)}, NVSHMEM_SYMMETRIC_SIZE="
                 f"{os.environ.get('NVSHMEM_SYMMETRIC_SIZE')}")
         ctx.start_ours(reserve)
-        ctx.start_symm(_symm_bytes(what, s))
+        if what != "tune":  # tune times ours only
+            ctx.start_symm(_symm_bytes(what, s))
         tuning = None
         try:
             from .collectives import plan as planning
@@ -1026,7 +1146,7 @@ def run(args) -> int:
             ctx.log(f"=== {name} ===")
             doc = dict(common, name=name, timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat())
             try:
-                rows = bench_allreduce(ctx, s) if name == "allreduce" else bench_fused(ctx, s)
+                rows = {"allreduce": bench_allreduce, "fused": bench_fused, "tune": bench_tune}[name](ctx, s)
                 doc["fatal"] = None
             except Exception as exc:  # noqa: BLE001
                 rows = []
@@ -1036,7 +1156,14 @@ def run(args) -> int:
             doc["results"] = rows
             doc["elapsed_s"] = time.perf_counter() - t_start
             doc["communicator_rebuilds"] = ctx.rebuilds
-            if ctx.rank == 0:
+            if ctx.rank == 0 and name == "tune":
+                doc["tuning_table"] = tuning_table(rows, ctx.world)
+                path = Path(args.out) / f"tune-{doc['device_slug']}-w{ctx.world}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(doc, indent=1))
+                tables.append(tune_markdown(doc))
+                ctx.log(f"tune: wrote {path}; installed {install_tuning(rows, ctx.world)}")
+            elif ctx.rank == 0:
                 paths = write_outputs(doc, args.out)
                 written.append(paths)
                 tables.append(markdown(doc, full=False))
@@ -1109,7 +1236,9 @@ def parser() -> argparse.ArgumentParser:
                     "Rank 0 writes <out>/<name>-<device>-w<world>.{json,md,png}. "
                     "'plot FILE.json...' redraws the PNG/markdown of saved results (no GPU).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("what", choices=["allreduce", "fused", "all", "plot"], help="which benchmark (or 'plot')")
+    p.add_argument("what", choices=["allreduce", "fused", "all", "tune", "plot"],
+                   help="which benchmark, 'tune' (measure every algorithm x CTA count, write the planner's "
+                        "table for this device) or 'plot'")
     p.add_argument("files", nargs="*", help="result JSON files (only for 'plot')")
     p.add_argument("--out", default="bench", help="output directory")
     p.add_argument("--quick", action="store_true",

@@ -5,8 +5,10 @@ derives the same launch configuration, which the kernels' block-pairwise protoco
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,24 +59,51 @@ def _check_ctas(ctas, op):
     return ctas
 
 
-def _table() -> dict:
-    """Per-device tuning table ($WEAVE_NVSHMEM_TUNING or collectives/tuning.json; {} if none).
+def device_slug(name: str) -> str:
+    """File-name form of a device name ("NVIDIA H200" -> "nvidia-h200")."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
-    Format: {op: {world: [{"bytes", "algorithm", "ctas"}, ...]}}. No command writes it yet: the
-    built-in defaults below come from the bench/ CTA sweeps."""
+
+def tuning_path() -> Path | None:
+    """Where this process's tuning table lives: $WEAVE_NVSHMEM_TUNING, else the one the tune
+    command wrote for this device model ($WEAVE_NVSHMEM_CACHE or ~/.cache/weave_nvshmem, then
+    tuning/<device>.json); None without CUDA. Every rank of a homogeneous node gets the same file."""
     path = os.environ.get("WEAVE_NVSHMEM_TUNING")
-    p = Path(path) if path else Path(__file__).with_name("tuning.json")
-    if p.exists():
-        return json.loads(p.read_text())
-    return {}
+    if path:
+        return Path(path)
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name(torch.cuda.current_device())
+    except Exception:  # noqa: BLE001 - no torch / no CUDA: built-in rules
+        return None
+    base = Path(os.environ.get("WEAVE_NVSHMEM_CACHE", Path.home() / ".cache" / "weave_nvshmem"))
+    return base / "tuning" / f"{device_slug(name)}.json"
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: Path | None) -> dict:
+    return json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+
+def _table() -> dict:
+    """The tuning table, {op: {world: [{"bytes", "algorithm", "ctas"}, ...]}} ({} if none); read
+    once per path (``_load.cache_clear()`` after writing one). Written by
+    ``python -m weave_nvshmem.bench tune``."""
+    return _load(tuning_path())
 
 
 def _tuned(op: str, world: int, nbytes: int):
     """The tuned (algorithm, ctas) of the smallest measured size >= nbytes, if any."""
     rows = _table().get(op, {}).get(str(world), [])
+    algorithms = ALLREDUCE_ALGORITHMS if op == "all_reduce" else FUSED_ALGORITHMS
     for row in sorted(rows, key=lambda r: r["bytes"]):
         if nbytes <= row["bytes"]:
-            return row["algorithm"], row["ctas"]
+            ok = row.get("algorithm") in algorithms[1:] and isinstance(row.get("ctas"), int) \
+                and 1 <= row["ctas"] <= MAX_CTAS
+            return (row["algorithm"], row["ctas"]) if ok else None  # stale or foreign rows: built-in rules
     return None
 
 
