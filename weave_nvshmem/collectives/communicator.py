@@ -7,8 +7,8 @@ concurrently on different streams must use different channels.
 """
 from __future__ import annotations
 
-import threading
 import dataclasses
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +57,9 @@ class CommOptions:
 
 class _Channel:
     """One workspace on the symmetric heap: control words, the signal pad the kernels synchronise
-    on (u32 flags [MAX_CTAS][MAX_WORLD], zeroed here), then parity-alternated staging/result
-    buffers. Layout in ptx/catalog.py; protocol in ptx/kernels/barrier.ptxinc."""
+    on (u32 flags [MAX_CTAS][MAX_WORLD], zeroed here), parity-alternated staging/result buffers,
+    then the three Lamport buffers (filled with the sentinel word here). Layout in
+    ptx/catalog.py; protocols in ptx/kernels/barrier.ptxinc and allreduce.ptx (lamport)."""
 
     def __init__(self, world: int, cap: int, index: int):
         import torch
