@@ -134,7 +134,8 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
             algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else "twoshot"
     block = 512
     if algorithm == "bulk":
-        chunks = -(-(-(-nvec // world)) // bulk_chunk)  # per segment
+        segment = -(-nvec // world)
+        chunks = -(-segment // bulk_chunk)
         return Launch(algorithm, ctas or max(1, min(16, chunks)), block, chunk=bulk_chunk, smem=BULK_SMEM)
     if ctas is None:
         per_rank = -(-nvec // world) if algorithm == "twoshot" else nvec
