@@ -24,12 +24,13 @@ TORCH_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float
 
 
 def entry_signature(file, dtype, world, entry):
-    """([param types], maxntid) of ``entry`` in the rendered ``file``."""
+    """([param types], (min, max) threads per block) of ``entry`` in the rendered ``file``."""
     text = re.sub(r"//[^\n]*", "", catalog.render(file, dtype, world))  # comments may hold ')'
-    m = re.search(rf"\.entry\s+{re.escape(entry)}\s*\((.*?)\)\s*(\.maxntid\s+(\d+))?", text, re.S)
+    m = re.search(rf"\.entry\s+{re.escape(entry)}\s*\((.*?)\)\s*(\.(maxntid|reqntid)\s+(\d+))?", text, re.S)
     assert m, f"{file} ({dtype}, w{world}) has no entry {entry}"
     types = re.findall(r"\.param\s+\.(\w+)\s+\w+", m.group(1))
-    return types, int(m.group(3)) if m.group(3) else 1024
+    n = int(m.group(4)) if m.group(4) else 1024
+    return types, ((n if m.group(3) == "reqntid" else 32), n)
 
 
 class Recorder:
@@ -81,11 +82,11 @@ def check_launch(rec):
     grid, block, (file, entry, dtype, world), args, shmem = rec.launches[0]
     # an H100/H200 block has 227 KB of shared memory; the kernels' static part is ~1 KB
     assert 0 <= shmem <= 226 * 1024 and (shmem > 0) == (file == "bulk.ptx")
-    types, maxntid = entry_signature(file, dtype, world, entry)
+    types, (lo, hi) = entry_signature(file, dtype, world, entry)
     got = [NP_TO_PTX.get(type(a), type(a).__name__) for a in args]
     assert got == types, f"{entry}: host passes {got}, kernel declares {types}"
     assert 1 <= grid <= catalog.MAX_CTAS
-    assert 32 <= block <= maxntid and block % 32 == 0
+    assert lo <= block <= hi and block % 32 == 0
     rec.launches.clear()
     return entry, args
 
@@ -154,7 +155,7 @@ def test_scatter_gather_launch(make_comm, world, op, flag):
 
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("dt", list(TORCH_DTYPES))
-@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot"])
+@pytest.mark.parametrize("algorithm", ["lamport", "oneshot"])
 def test_fused_launch_every_vpt(make_comm, world, dt, algorithm):
     comm, rec = make_comm(world)
     ve = catalog.VEC_ELEMS[dt]
@@ -162,19 +163,38 @@ def test_fused_launch_every_vpt(make_comm, world, dt, algorithm):
     for hidden in (ve, 512 * ve, 512 * ve + ve, 1024 * ve + ve, 4096 * ve):
         tdt = TORCH_DTYPES[dt]
         x = torch.zeros(5, hidden, dtype=tdt)
-        cases = [(torch.zeros(5, hidden, dtype=tdt), "replicated"), (None, "replicated")]
-        if algorithm == "twoshot":  # one-shot needs every residual row: replicated only
-            cases += [(torch.zeros(5, hidden, dtype=tdt), "sharded"), (None, "sharded")]
-        for residual, mode in cases:
-            comm.fused_allreduce_rmsnorm(x, residual, torch.ones(hidden, dtype=tdt), 1e-5,
-                                         residual_mode=mode, algorithm=algorithm)
+        for residual in (torch.zeros(5, hidden, dtype=tdt), None):
+            comm.fused_allreduce_rmsnorm(x, residual, torch.ones(hidden, dtype=tdt), 1e-5, algorithm=algorithm)
             entry, args = check_launch(rec)
             assert entry.startswith(f"wn_fused_{algorithm}_{dt}_w{world}_v")
             seen.add(entry.rsplit("_v", 1)[1])
-            flags = int(args[7])
-            assert flags == (1 if mode == "sharded" else 0) | (2 if residual is not None else 0)
+            assert int(args[7]) == (2 if residual is not None else 0)
             assert int(args[4]) == 5 and int(args[5]) == hidden and float(args[6]) == pytest.approx(1e-5)
     assert seen == {"1", "2", "4", "8"}
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+def test_fused_twoshot_launch_every_group(make_comm, world, dt):
+    """The two-shot kernel: 512 threads, a row group per rows-per-block, both residual modes."""
+    comm, rec = make_comm(world)
+    tdt = TORCH_DTYPES[dt]
+    hidden = 1024 * catalog.VEC_ELEMS[dt]
+    seen = set()
+    for rows, ctas in ((1, None), (2 * world, 1), (5 * world, 1), (8 * world, 1), (40 * world, 2), (5000, None)):
+        x = torch.zeros(rows, hidden, dtype=tdt)
+        for residual, mode in ((torch.zeros(rows, hidden, dtype=tdt), "replicated"), (None, "sharded")):
+            comm.fused_allreduce_rmsnorm(x, residual, torch.ones(hidden, dtype=tdt), 1e-5,
+                                         residual_mode=mode, algorithm="twoshot", ctas=ctas)
+            grid, block = rec.launches[0][:2]
+            entry, args = check_launch(rec)
+            group = int(entry.rsplit("_g", 1)[1])
+            assert entry == f"wn_fused_twoshot_{dt}_w{world}_g{group}" and block == 512
+            assert group == plan.row_group(-(-(-(-rows // world)) // grid))
+            seen.add(group)
+            assert int(args[7]) == (1 if mode == "sharded" else 0) | (2 if residual is not None else 0)
+            assert int(args[8]) == plan.fused_block(hidden, dt)[0]  # the reduction order to follow
+    assert seen == {1, 2, 4, 8, 16}
 
 
 @pytest.mark.parametrize("world", WORLDS)
@@ -201,10 +221,11 @@ def test_multimem_signatures_extend_the_p2p_ones(world, dt):
     n = len(ar) - len(common)
     assert mm == ar[:n] + ["u64"] + common
     for vpt in (1, 2, 4, 8):
-        fu, _ = entry_signature("fused_rmsnorm.ptx", dt, world, f"wn_fused_twoshot_{dt}_w{world}_v{vpt}")
-        fm, maxntid = entry_signature("multimem.ptx", dt, world, f"wn_fused_multimem_{dt}_w{world}_v{vpt}")
+        fu, _ = entry_signature("fused_rmsnorm.ptx", dt, world, f"wn_fused_oneshot_{dt}_w{world}_v{vpt}")
+        f2, _ = entry_signature("fused_twoshot.ptx", dt, world, f"wn_fused_twoshot_{dt}_w{world}_g1")
+        fm, (_, maxntid) = entry_signature("multimem.ptx", dt, world, f"wn_fused_multimem_{dt}_w{world}_v{vpt}")
         n = len(fu) - len(common)
-        assert fm == fu[:n] + ["u64"] + common
+        assert fm == fu[:n] + ["u64"] + common and f2 == fu[:n] + ["u32"] + common
         assert maxntid >= 512
 
 

@@ -121,6 +121,9 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
             if algorithm != "auto":
                 assert p.algorithm == algorithm
             assert 1 <= p.grid <= MAX_CTAS
+            if p.algorithm == "twoshot":  # 16 warps, a group of them per row
+                assert p.block == plan.TWOSHOT_BLOCK and p.group == plan.row_group(-(-(-(-rows // world)) // p.grid))
+                continue
             assert p.block % 32 == 0 and 32 <= p.block <= 512
             assert p.vpt in (1, 2, 4, 8)
             assert p.block * p.vpt * ve >= hidden
@@ -137,6 +140,12 @@ def test_plan_fused_sharded_is_twoshot(rows):
 
 def test_plan_fused_explicit_ctas():
     assert plan_fused(1000, 4096, "bf16", 8, "twoshot", 77).grid == 77
+
+
+@pytest.mark.parametrize("rows_per_block, group", [(1, 16), (2, 8), (3, 8), (4, 4), (7, 4), (8, 2), (15, 2),
+                                                    (16, 1), (1000, 1)])
+def test_row_group_keeps_the_warps_busy(rows_per_block, group):
+    assert plan.row_group(rows_per_block) == group
 
 
 def test_plan_fused_auto_decode_vs_prefill():

@@ -34,6 +34,7 @@ if PTXAS is None:
 VARIANTS = list(catalog.variants())
 ENTRY = re.compile(r"^\s*\.visible\s+\.entry\s+(\w+)\s*\(", re.M)
 VPTS = (1, 2, 4, 8)
+GROUPS = (1, 2, 4, 8, 16)
 
 
 def _vid(v):
@@ -96,7 +97,7 @@ def _entries(kernel, dtype, world):
 def _expected():
     """(file, dtype, world) -> entry names the communicator (or its multicast path) can request."""
     algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "bulk")]
-    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "bulk")]
+    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "bulk", "twoshot")]
     exp = {("copy.ptx", None, 1): {"wn_copy"}}
     for world in catalog.TEST_WORLDS:
         exp[("barrier.ptx", None, world)] = {f"wn_barrier_w{world}"}
@@ -104,6 +105,7 @@ def _expected():
             exp[("allreduce.ptx", dt, world)] = {f"wn_allreduce_{a}_{dt}_w{world}" for a in algos}
             exp[("fused_rmsnorm.ptx", dt, world)] = {f"wn_fused_{a}_{dt}_w{world}_v{v}"
                                                      for a in fused_algos for v in VPTS}
+            exp[("fused_twoshot.ptx", dt, world)] = {f"wn_fused_twoshot_{dt}_w{world}_g{g}" for g in GROUPS}
             exp[("bulk.ptx", dt, world)] = {f"wn_allreduce_bulk_{dt}_w{world}", f"wn_fused_bulk_{dt}_w{world}"}
             exp[("multimem.ptx", dt, world)] = ({f"wn_allreduce_multimem_{dt}_w{world}"}
                                                | {f"wn_fused_multimem_{dt}_w{world}_v{v}" for v in VPTS})
@@ -114,6 +116,11 @@ def _expected():
 def test_requested_entries_exist(key):
     missing = _expected()[key] - _entries(*key)
     assert not missing, f"{_vid(key)} lacks entry points {sorted(missing)}"
+
+
+def test_fused_row_groups_have_entries():
+    """Every row group the planner can pick has a two-shot kernel."""
+    assert {plan.row_group(n) for n in range(1, 100)} == set(GROUPS)
 
 
 def test_fused_vpt_choices_have_entries():

@@ -396,10 +396,14 @@ class Communicator:
         if p.algorithm in ("twoshot", "bulk") and ch.mc_ws:
             k = self._kernels.kernel("multimem.ptx", f"wn_fused_multimem_{dt}_w{self.world}_v{p.vpt}", dt, self.world)
             head += (np.uint64(ch.mc_ws),)
-            p = dataclasses.replace(p, smem=0)
+            p = dataclasses.replace(p, block=planning.fused_block(hidden, dt)[0], smem=0)
         elif p.algorithm == "bulk":
             k = self._kernels.kernel("bulk.ptx", f"wn_fused_bulk_{dt}_w{self.world}", dt, self.world, shmem=p.smem)
             head += (np.uint32(p.chunk), np.uint32(p.smem))
+        elif p.algorithm == "twoshot":  # reduces each row in the order of the one-row kernels' block
+            k = self._kernels.kernel("fused_twoshot.ptx", f"wn_fused_twoshot_{dt}_w{self.world}_g{p.group}",
+                                     dt, self.world)
+            head += (np.uint32(planning.fused_block(hidden, dt)[0]),)
         else:
             k = self._kernels.kernel("fused_rmsnorm.ptx", f"wn_fused_{p.algorithm}_{dt}_w{self.world}_v{p.vpt}",
                                      dt, self.world)

@@ -25,6 +25,9 @@ FUSED_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
 BULK_SMEM = 200 * 1024
 #: target bytes of one bulk-copy chunk (a TMA transfer); fused chunks are whole rows
 BULK_CHUNK_BYTES = 16 * 1024
+#: the fused two-shot kernel (fused_twoshot.ptx): 16 warps per block, its default CTA cap
+TWOSHOT_BLOCK = 512
+FUSED_TWOSHOT_CTAS = 32
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Launch:
     vpt: int = 1
     chunk: int = 0  # bulk: vectors (all-reduce) or rows (fused) per copy chunk
     smem: int = 0   # bulk: bytes of dynamic shared memory
+    group: int = 0  # fused twoshot: warps that share one row (1..16 of the block's 16)
 
 
 def ptx_dtype(dtype, op: str) -> str:
@@ -190,12 +194,21 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
     if algorithm == "bulk":
         chunk = max(1, min(BULK_CHUNK_BYTES, BULK_SMEM // 2) // row_bytes)
         return Launch(algorithm, ctas or max(1, min(16, -(-rows // world))), block, vpt, chunk, BULK_SMEM)
-    if ctas is None:
-        # one row per block at a time: more rows per rank want more blocks (measured: time halves
-        # with each doubling up to 32 blocks at 1024+ tokens on 2 and 4 H200s)
-        per_rank_rows = -(-rows // world) if algorithm == "twoshot" else rows
-        ctas = max(1, min(64 if algorithm == "twoshot" else 16, per_rank_rows))
-    return Launch(algorithm, ctas, block, vpt)
+    if algorithm == "twoshot":
+        per_rank_rows = -(-rows // world)
+        ctas = ctas or max(1, min(FUSED_TWOSHOT_CTAS, per_rank_rows))
+        return Launch(algorithm, ctas, TWOSHOT_BLOCK, vpt, group=row_group(-(-per_rank_rows // ctas)))
+    # one row per block at a time
+    return Launch(algorithm, ctas or max(1, min(16, rows)), block, vpt)
+
+
+def row_group(rows_per_block: int) -> int:
+    """Warps per row in the fused two-shot kernel: as few as keep every one of the block's 16
+    warps busy (a warp alone walks a row in many short steps; several share it via a named barrier)."""
+    groups = 1
+    while groups * 2 <= min(16, rows_per_block):
+        groups *= 2
+    return 16 // groups
 
 
 def owned_rows(rows: int, rank: int, world: int) -> range:

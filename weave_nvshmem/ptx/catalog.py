@@ -36,6 +36,7 @@ KERNELS = {
     "copy.ptx": {"dtyped": False},
     "allreduce.ptx": {"dtyped": True},
     "fused_rmsnorm.ptx": {"dtyped": True},
+    "fused_twoshot.ptx": {"dtyped": True},
     "bulk.ptx": {"dtyped": True},
     "multimem.ptx": {"dtyped": True},
 }

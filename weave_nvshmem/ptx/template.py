@@ -6,7 +6,8 @@ PTX has no macros worth using, so kernel files carry a few directives on comment
 - ``//@for NAME in EXPR`` ... ``//@endfor`` repeats its lines once per value;
 - ``//@if EXPR`` / ``//@elif EXPR`` / ``//@else`` / ``//@endif`` keeps one branch;
 - ``//@include FILE key=EXPR ...`` inserts another template (``*.ptxinc``) rendered with
-  the current parameters plus the given ones.
+  the current parameters plus the given ones;
+- ``//@set NAME = EXPR`` binds NAME for the rest of the enclosing block (a ``for`` body, say).
 
 Templates are our own files, so ``eval`` over the parameter dict is acceptable here.
 """
@@ -25,7 +26,7 @@ class TemplateError(ValueError):
 
 def _eval(expr: str, params: dict, where: str):
     try:
-        return eval(expr, {"__builtins__": {"range": range, "len": len, "min": min, "max": max, "str": str}}, params)
+        return eval(expr, {"__builtins__": {"range": range, "len": len, "min": min, "max": max, "str": str, "int": int}}, params)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise TemplateError(f"{where}: cannot evaluate {expr!r}: {exc}") from exc
 
@@ -103,6 +104,12 @@ def _render_block(lines, pos, params, out, directory, name, stop):
                     _render_block(body, 0, params, out, directory, name, stop=())
                     break
             pos = i + 1
+        elif word == "set":
+            var, eq, expr = arg.partition("=")
+            if not eq or not var.strip().isidentifier():
+                raise TemplateError(f"{where}: //@set needs NAME = EXPR")
+            params[var.strip()] = _eval(expr, params, where)
+            pos += 1
         elif word == "include":
             parts = arg.split()
             if not parts or directory is None:
