@@ -1,4 +1,4 @@
-"""A pure-numpy model of the P2P kernels' data partition (allreduce.ptx, fused_rmsnorm.ptx twoshot).
+"""A pure-numpy model of the P2P kernels' data partition (allreduce.ptx, fused_twoshot.ptx, bulk.ptx).
 
 It replays the index arithmetic of the kernels' loops -- segment r = vectors [ss_r, ss_{r+1}),
 ss_r = nvec*r//W; block b, thread t handles segment-local j = b*ntid + t + k*grid*ntid, j < jn =
@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+from weave_nvshmem.collectives import plan
 from weave_nvshmem.collectives.plan import owned_rows, plan_all_reduce
 
 
@@ -164,23 +165,61 @@ def test_reduce_scatter_and_all_gather_chunks(world, chunk_vecs):
         assert [v - ss[r] for v in mine] == list(range(chunk_vecs))
 
 
+def fused_twoshot_model(rows, world, grid, groups):
+    """fused_twoshot.ptx's row loops: block b takes segment-local rows [jn*b//grid, jn*(b+1)//grid)
+    of every segment (jn = ceil(rows/W)); its ``groups`` row groups stride over them (phase 2: own
+    rows; phase 3: index m over the W-1 other segments, segment by segment, short ones skipped).
+    Returns {(phase, rank, row): [(block, group), ...]}."""
+    jn = -(-rows // world)
+    seg = [rows * r // world for r in range(world + 1)]
+    done = defaultdict(list)
+    for rank in range(world):
+        for b in range(grid):
+            lo, hi = jn * b // grid, jn * (b + 1) // grid
+            nb = hi - lo
+            for r in range(world):  # phase 1 (and sharded phase 3): flat copies of those rows
+                if r != rank:
+                    for row in range(seg[r] + lo, min(seg[r] + hi, seg[r + 1])):
+                        done[("push", rank, row)].append((b, None))
+            for g in range(groups):
+                for m in range(g, nb, groups):  # phase 2: stops at the end of our segment
+                    row = seg[rank] + lo + m
+                    if row >= seg[rank + 1]:
+                        break
+                    done[("reduce", rank, row)].append((b, g))
+                for m in range(g, nb * (world - 1), groups):  # phase 3, replicated
+                    ri, rr = divmod(m, nb)
+                    r = ri + (ri >= rank)
+                    row = seg[r] + lo + rr
+                    if row < seg[r + 1]:
+                        done[("gather", rank, row)].append((b, g))
+    return seg, done
+
+
 @pytest.mark.parametrize("rows", [0, 1, 3, 7, 64, 1000])
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
-@pytest.mark.parametrize("grid", [1, 3, 8])
+@pytest.mark.parametrize("grid", [1, 3, 8, 64])
 def test_fused_twoshot_rows(rows, world, grid):
-    """fused_rmsnorm twoshot: the same partition over rows with one 'thread' per block."""
-    ss, pushes, reduces, gathers, block_of = twoshot_model(rows, world, grid, 1)
-    for r in range(world):
-        assert range(ss[r], ss[r + 1]) == owned_rows(rows, r, world)
-    per_owner = defaultdict(list)
-    for (rank, row) in reduces:
-        per_owner[rank].append(row)
-        assert block_of[("reduce", rank, row)] == (row - ss[rank]) % grid
-    for r in range(world):
-        assert sorted(per_owner[r]) == list(owned_rows(rows, r, world))
+    """Every row: pushed once to its owner by every other rank, reduced once by its owner, gathered
+    once by every other rank, all by the same block index (block-pairwise barriers suffice)."""
+    groups = 16 // plan.row_group(-(-(-(-rows // world)) // grid))
+    seg, done = fused_twoshot_model(rows, world, grid, groups)
     for rank in range(world):
-        got = sorted(row for (g, row) in gathers if g == rank)
-        assert got == [row for row in range(rows) if row not in owned_rows(rows, rank, world)]
+        mine = owned_rows(rows, rank, world)
+        assert range(seg[rank], seg[rank + 1]) == mine
+        for row in range(rows):
+            owner = next(r for r in range(world) if row in owned_rows(rows, r, world))
+            if row in mine:
+                assert len(done[("reduce", rank, row)]) == 1 and not done[("push", rank, row)]
+                assert not done[("gather", rank, row)]
+            else:
+                assert len(done[("push", rank, row)]) == 1 and len(done[("gather", rank, row)]) == 1
+                assert not done[("reduce", rank, row)]
+                # the owner reduces the row in the block that pushed it and that gathers it
+                (b_push, _), = done[("push", rank, row)]
+                (b_red, _), = done[("reduce", owner, row)]
+                (b_gat, _), = done[("gather", rank, row)]
+                assert b_push == b_red == b_gat
 
 
 # ---- bulk.ptx: chunks of p_chunk units, block b takes chunks b, b+grid, ... of every segment ----

@@ -149,7 +149,8 @@ def test_row_group_keeps_the_warps_busy(rows_per_block, group):
 
 
 def test_plan_fused_auto_decode_vs_prefill():
-    assert plan_fused(8, 4096, "bf16", 8).algorithm == "oneshot"
+    assert plan_fused(8, 4096, "bf16", 8).algorithm == "lamport"
+    assert plan_fused(64, 8192, "bf16", 2).algorithm == "oneshot"  # 1 MB: beyond the Lamport slot
     assert plan_fused(4096, 4096, "bf16", 8).algorithm == "twoshot"
 
 

@@ -27,7 +27,7 @@ BULK_SMEM = 200 * 1024
 BULK_CHUNK_BYTES = 16 * 1024
 #: the fused two-shot kernel (fused_twoshot.ptx): 16 warps per block, its default CTA cap
 TWOSHOT_BLOCK = 512
-FUSED_TWOSHOT_CTAS = 32
+FUSED_TWOSHOT_CTAS = 64
 
 
 @dataclass(frozen=True)
@@ -186,9 +186,9 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
                 and (tuned[0] != "lamport" or nbytes <= LAMPORT_SLOT)):
             algorithm, ctas = tuned[0], ctas or tuned[1]
         elif not sharded and ((world <= 2 and rows <= 64) or rows <= 16):
-            # not "lamport": its per-thread polling measured 0.5-0.9 us slower than the barrier
-            # here (bench/fused-nvidia-h200-w4.json, 1-16 tokens), unlike the plain all-reduce
-            algorithm = "oneshot"
+            # decode sizes: every rank reduces every row; Lamport (no barrier) measured 1.4-1.9 us
+            # faster than the barrier one-shot at 1-16 tokens on 2xH200 (bench/quick-5d6717c-w2)
+            algorithm = "lamport" if nbytes <= LAMPORT_SLOT else "oneshot"
         else:
             algorithm = "twoshot"
     if algorithm == "bulk":
