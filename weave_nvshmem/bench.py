@@ -61,14 +61,16 @@ LARGE_SET_BYTES = 64 * MB  # sets at least this big get fewer calls / replays
 EPS = 1e-6
 SCHEMA = "weave_nvshmem.bench/1"
 
-AR_VARIANTS = ("ours_auto", "ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl", "symm_oneshot", "symm_twoshot")
+AR_VARIANTS = ("ours_auto", "ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk", "ours_zerocopy", "nccl",
+               "symm_oneshot", "symm_twoshot")
 AR_BASELINES = ("nccl", "symm_oneshot", "symm_twoshot")
-FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk", "nccl_add_rmsnorm",
+FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk", "ours_zerocopy",
+                  "nccl_add_rmsnorm",
                   "symm_add_rmsnorm", "ours_ar_add_rmsnorm", "add_rmsnorm")
 FUSED_BASELINES = ("nccl_add_rmsnorm", "symm_add_rmsnorm", "ours_ar_add_rmsnorm")
 LABELS = {
     "ours_auto": "ours auto", "ours_oneshot": "ours oneshot", "ours_twoshot": "ours twoshot", "ours_bulk": "ours bulk",
-    "ours_lamport": "ours lamport",
+    "ours_lamport": "ours lamport", "ours_zerocopy": "ours 2shot zero-copy",
     "ours_sharded": "ours sharded", "nccl": "NCCL", "symm_oneshot": "symm 1shot", "symm_twoshot": "symm 2shot",
     "nccl_add_rmsnorm": "A: NCCL+add+norm", "symm_add_rmsnorm": "B: symm2shot+add+norm",
     "ours_ar_add_rmsnorm": "C: ours AR+add+norm", "add_rmsnorm": "add+norm only",
@@ -196,6 +198,8 @@ class Ctx:
         self.reserved = 0
         self.symm_flat = None
         self.symm_err = None
+        self.zc_flat = None  # input sets on our heap (the zero-copy variants)
+        self.zc_err = None
         self.rebuilds = 0
 
     # ---- logging / agreement -------------------------------------------------------------
@@ -291,6 +295,21 @@ class Ctx:
     def check_comm(self) -> None:
         if self.comm is not None:
             self.comm.check()
+
+    def start_zero_copy(self, nbytes: int) -> None:
+        """Input sets on our symmetric heap, read in place by the peers (zero-copy variants)."""
+        import torch
+
+        if self.comm is None:
+            self.zc_err = self.comm_err or "communicator unavailable"
+            return
+        made = []
+        err = self.agree(self._try(lambda: made.append(self.wn.empty((max(8, nbytes // 2),), torch.bfloat16))))
+        if err:
+            self.zc_err = f"symmetric input buffer of {_fmt_bytes(nbytes)} failed: {err}"
+            self.log(self.zc_err)
+        else:
+            self.zc_flat = made[0]
 
     # ---- torch symmetric memory ------------------------------------------------------------
     def start_symm(self, nbytes: int) -> None:
@@ -446,7 +465,8 @@ class Ctx:
 # input pools
 # ---------------------------------------------------------------------------------------------
 class Pool:
-    """``n_sets`` input sets of ``shape`` (x, optionally residual and a torch-symm copy of x)."""
+    """``n_sets`` input sets of ``shape``: x, optionally the residual, and views of the same sets
+    in the two symmetric buffers (torch symm_mem's; ours, for the zero-copy variants)."""
 
     def __init__(self, ctx: Ctx, shape, n_sets: int, key: int, residual: bool = False):
         import torch
@@ -461,25 +481,30 @@ class Pool:
         self.xs = [self.x[i * n:(i + 1) * n].view(self.shape) for i in range(n_sets)]
         self.r = torch.empty(n_sets * n, dtype=torch.bfloat16, device=dev) if residual else None
         self.rs = [self.r[i * n:(i + 1) * n].view(self.shape) for i in range(n_sets)] if residual else None
-        self.y, self.ys, self.symm_err = None, None, ctx.symm_err
-        if ctx.symm_flat is not None:
-            if n_sets * n <= ctx.symm_flat.numel():
-                self.y = ctx.symm_flat[: n_sets * n]
-                self.ys = [self.y[i * n:(i + 1) * n].view(self.shape) for i in range(n_sets)]
-            else:
-                self.symm_err = f"torch symm buffer too small ({ctx.symm_flat.numel()} < {n_sets * n} elements)"
+        self.y, self.ys, self.symm_err = self._sets(ctx.symm_flat, ctx.symm_err, "torch symm")
+        self.z, self.zs, self.zc_err = self._sets(ctx.zc_flat, ctx.zc_err, "our symmetric")
         self.gen = torch.Generator(device=dev)
         self.seed_x = 1_000_003 * key + 7919 * ctx.rank + 1
         self.seed_r = self.seed_x + 104_729
 
-    def refresh(self, symm: bool = False) -> None:
+    def _sets(self, flat, err, what):
+        """(flat prefix, per-set views, None) in a symmetric buffer, or (None, None, why not)."""
+        if flat is None:
+            return None, None, err
+        if self.n_sets * self.n > flat.numel():
+            return None, None, f"{what} buffer too small ({flat.numel()} < {self.n_sets * self.n} elements)"
+        y = flat[: self.n_sets * self.n]
+        return y, [y[i * self.n:(i + 1) * self.n].view(self.shape) for i in range(self.n_sets)], None
+
+    def refresh(self, copy_to=None) -> None:
+        """Regenerate the sets from their seeds; ``copy_to``: a symmetric copy of x to refresh too."""
         self.gen.manual_seed(self.seed_x)
         self.x.normal_(generator=self.gen)
         if self.r is not None:
             self.gen.manual_seed(self.seed_r)
             self.r.normal_(generator=self.gen)
-        if symm and self.y is not None:
-            self.y.copy_(self.x)
+        if copy_to is not None:
+            copy_to.copy_(self.x)
 
     def bytes_per_set(self) -> int:
         return self.n * 2
@@ -572,8 +597,16 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
         nelem = pool.n
         for row, v, ctas in specs:
             res = None
-            symm = v.startswith("symm")
-            if v.startswith("ours"):
+            copy_to = pool.y if v.startswith("symm") else pool.z if v == "ours_zerocopy" else None
+            if v == "ours_zerocopy":
+                row.update(algorithm="twoshot", zero_copy=True,
+                           plan=_plan_dict(planning.plan_all_reduce, nelem, "bf16", ctx.world, "twoshot", None))
+                if pool.zs is None:
+                    res = {"error": pool.zc_err or "no symmetric input buffer"}
+                else:
+                    def call(i):
+                        ctx.comm.all_reduce(pool.zs[i], out=pool.zs[i], algorithm="twoshot")
+            elif v.startswith("ours"):
                 alg = v.split("_", 1)[1]
                 row.update(algorithm=alg, plan=_plan_dict(planning.plan_all_reduce, nelem, "bf16", ctx.world, alg, ctas))
                 if ctx.comm is None:
@@ -594,10 +627,10 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
             elif v == "symm_twoshot":
                 def call(i):
                     torch.ops.symm_mem.two_shot_all_reduce_(pool.ys[i], "sum", ctx.group_name)
-            if symm and pool.ys is None:
+            if v.startswith("symm") and pool.ys is None:
                 res = {"error": pool.symm_err or "torch symm_mem unavailable"}
             if res is None:
-                res = ctx.measure(call, lambda symm=symm: pool.refresh(symm), n_sets, calls, warm, reps)
+                res = ctx.measure(call, lambda copy_to=copy_to: pool.refresh(copy_to), n_sets, calls, warm, reps)
             rows.append(_finish_row(ctx, row, res, True))
         pool = None
         made.clear()
@@ -642,8 +675,17 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
             pool, out = made["pool"], made["out"]
             for row, v, ctas in specs:
                 res = None
-                symm = v == "symm_add_rmsnorm"
-                if v.startswith("ours") and v != "ours_ar_add_rmsnorm":
+                copy_to = pool.y if v == "symm_add_rmsnorm" else pool.z if v == "ours_zerocopy" else None
+                if v == "ours_zerocopy":
+                    row.update(algorithm="twoshot", residual_mode="replicated", zero_copy=True,
+                               plan=_plan_dict(planning.plan_fused, tokens, hidden, "bf16", ctx.world, "twoshot", None))
+                    if pool.zs is None:
+                        res = {"error": pool.zc_err or "no symmetric input buffer"}
+                    else:
+                        def call(i):
+                            ctx.comm.fused_allreduce_rmsnorm(pool.zs[i], pool.rs[i], weight, EPS,
+                                                             algorithm="twoshot", out=out)
+                elif v.startswith("ours") and v != "ours_ar_add_rmsnorm":
                     alg = v.split("_", 1)[1] if v in ("ours_lamport", "ours_oneshot", "ours_twoshot", "ours_bulk") else "auto"
                     mode = "sharded" if v == "ours_sharded" else "replicated"
                     row.update(algorithm=alg, residual_mode=mode,
@@ -679,10 +721,10 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
                     def call(i):
                         pool.rs[i].add_(pool.xs[i])
                         _rms_norm(pool.rs[i], weight, EPS)
-                if symm and pool.ys is None:
+                if v == "symm_add_rmsnorm" and pool.ys is None:
                     res = {"error": pool.symm_err or "torch symm_mem unavailable"}
                 if res is None:
-                    res = ctx.measure(call, lambda symm=symm: pool.refresh(symm), n_sets, calls, warm, reps)
+                    res = ctx.measure(call, lambda copy_to=copy_to: pool.refresh(copy_to), n_sets, calls, warm, reps)
                 rows.append(_finish_row(ctx, row, res, False))
             pool = out = None
             made.clear()
@@ -749,7 +791,7 @@ def bench_tune(ctx: Ctx, s: dict) -> list:
                         def call(i, alg=alg, c=c):
                             ctx.comm.fused_allreduce_rmsnorm(pool.xs[i], pool.rs[i], weight, EPS, algorithm=alg,
                                                              ctas=c, out=out)
-                    res = ctx.measure(call, lambda: pool.refresh(False), n_sets, calls, warm, reps)
+                    res = ctx.measure(call, lambda: pool.refresh(), n_sets, calls, warm, reps)
                     times[(alg, c)] = None if res.get("error") else res.get("us")
                     row["measured"][f"{alg}:{c}"] = res.get("us") if times[(alg, c)] else res.get("error")
             pick = [tune_pick(times)]
@@ -1054,6 +1096,8 @@ def _settings(args) -> dict:
                            "sees identical inputs",
         "timing": "per replay: refresh inputs, rewrite a 2xL2 buffer, device barrier, then CUDA events "
                   "around graph.replay(); us = median over replays of replay_time / calls_per_graph",
+        "zero_copy": "ours_zerocopy: the input sets live on our symmetric heap (refreshed like torch symm's); the "
+                     "two-shot kernels read them on the peers in place (all-reduce in place)",
         "inplace": "ours all_reduce out=x, NCCL all_reduce and symm two_shot_all_reduce_ in place; symm "
                    "one_shot_all_reduce out of place; fused ops write a separate out and update residual",
         "baselines": {"nccl_add_rmsnorm": "dist.all_reduce(x) in place; residual.add_(x); rms_norm(residual)",
@@ -1113,7 +1157,8 @@ def run(args) -> int:
     reserve = _max_bytes(what, s)
     # NVSHMEM's heap must hold one channel of (2*world + 2) staging slots; default it generously
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
-    heap = 8192 + (2 * world_env + 2) * ((reserve + 255) // 256 * 256) + 512 * MB
+    zero_copy = _symm_bytes(what, s) if what != "tune" else 0  # input sets of the zero-copy variants
+    heap = 8192 + (2 * world_env + 2) * ((reserve + 255) // 256 * 256) + zero_copy + 512 * MB
     os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(heap))
     ctx = Ctx(args, s)
     rc = 0
@@ -1125,7 +1170,8 @@ def run(args) -> int:
                 f"{os.environ.get('NVSHMEM_SYMMETRIC_SIZE')}")
         ctx.start_ours(reserve)
         if what != "tune":  # tune times ours only
-            ctx.start_symm(_symm_bytes(what, s))
+            ctx.start_zero_copy(zero_copy)
+            ctx.start_symm(zero_copy)
         tuning = None
         try:
             from .collectives import plan as planning

@@ -223,6 +223,14 @@ class Communicator:
         return (np.uint64(ch.ws), np.uint64(ch.cap), np.uint32(self.rank), np.uint64(int(t * 1e9)),
                 np.uint64(self._err.device_ptr), np.uint32(OP_IDS[op])) + ch.deltas
 
+    @staticmethod
+    def _zero_copy(ch: _Channel, t) -> bool:
+        """Whether the two-shot kernels may read ``t`` on the peers directly instead of having it
+        pushed: ``t`` lies on the symmetric heap, mapped from every peer at the workspace's offsets.
+        The caller's contract: a symmetric input is the same tensor (same offset) on every rank."""
+        a = heap.lookup(t.data_ptr(), t.numel() * t.element_size())
+        return a is not None and all(p and p - a.base == d for p, d in zip(a.peer_bases, ch.deltas))
+
     def _prepare(self, op, channel, nbytes):
         self._usable(op)
         c = self._channel_index(channel, op)
@@ -270,8 +278,9 @@ class Communicator:
     def all_reduce(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
         """Sum ``x`` over all ranks. Collective: same shape/dtype/algorithm/ctas on every rank.
 
-        ``x``: any shape, bf16/fp16/fp32, contiguous, on this rank's GPU (ordinary or symmetric;
-        the kernel itself moves it, no copy launch). ``out``: same shape/dtype, may be ``x`` (in
+        ``x``: any shape, bf16/fp16/fp32, contiguous, on this rank's GPU: ordinary (the kernel
+        itself moves it, no copy launch) or symmetric (``weave_nvshmem.empty``, the same tensor on
+        every rank: the two-shot kernel reads it on the peers in place, zero copy). ``out``: same shape/dtype, may be ``x`` (in
         place). Returns ``out`` (a new tensor if None); bitwise identical on all ranks.
         """
         xt, back = _to_torch(x)
@@ -293,7 +302,7 @@ class Communicator:
             head += (np.uint32(p.chunk), np.uint32(p.smem))
         else:
             k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_{p.algorithm}_{dt}_w{self.world}", dt, self.world)
-            head += (np.uint32(0),)
+            head += (np.uint32(4 if p.algorithm == "twoshot" and self._zero_copy(ch, x_in) else 0),)
         launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, "all_reduce", None), shmem=p.smem)
         return back(o)
 
@@ -336,7 +345,7 @@ class Communicator:
         ch = self._prepare(op, channel, total * xt.element_size())
         x_in = _aligned(xt)
         k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_twoshot_{dt}_w{self.world}", dt, self.world)
-        flags = 1 if op == "reduce_scatter" else 2
+        flags = (1 | (4 if self._zero_copy(ch, x_in) else 0)) if op == "reduce_scatter" else 2
         launch(_stream(stream, x), p.grid, p.block, k, np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()),
                np.uint64(total), np.uint32(flags), *self._common(ch, op, None))
         return back(o)
@@ -351,7 +360,9 @@ class Communicator:
         ``residual_mode``: "replicated" (every rank ends with all T rows) or "sharded" (rank r reads
         and writes only rows ``owned_rows(T, r, world)`` = [T*r//W, T*(r+1)//W); other rows of
         residual are left untouched). Returns ``(out, residual)``; out is bitwise identical on all
-        ranks, and so are the residual rows each rank keeps.
+        ranks, and so are the residual rows each rank keeps, whatever the algorithm and CTA count.
+        A symmetric ``x`` (the same tensor on every rank, e.g. a GEMM's output buffer from
+        ``weave_nvshmem.empty``) is read by the peers in place by the two-shot kernel (zero copy).
         """
         import torch
 
@@ -391,6 +402,8 @@ class Communicator:
         ch = self._prepare(op, channel, rows * hidden * xt.element_size())
         x_in, w_in = _aligned(xt), _aligned(wt.contiguous())
         flags = (1 if residual_mode == "sharded" else 0) | (2 if has_res else 0)
+        if p.algorithm == "twoshot" and not ch.mc_ws and self._zero_copy(ch, x_in):
+            flags |= 4  # the peers read x in place
         head = (np.uint64(o.data_ptr()), np.uint64(rt_.data_ptr()), np.uint64(x_in.data_ptr()),
                 np.uint64(w_in.data_ptr()), np.uint64(rows), np.uint32(hidden), np.float32(eps), np.uint32(flags))
         if p.algorithm in ("twoshot", "bulk") and ch.mc_ws:
