@@ -73,6 +73,8 @@ def settings(args) -> dict:
         "timing": "weave_nvshmem.bench Ctx.measure: per replay, inputs regenerated, 2xL2 rewritten, device barrier, "
                   "then CUDA events around graph.replay(); us = median over replays of replay time / forwards "
                   "(rank 0); us_per_layer = us / layers; tokens_per_s_per_layer = tokens / us_per_layer",
+        "zero_copy": "fused and weave: o_proj and down write into a symmetric buffer (weave_nvshmem.empty), "
+                     "which the fused op reads on the peers in place",
         "weave": "overlap.candidates (fused, plain = NCCL, best-predicted splits) each timed as a graph with "
                  "tune_replays replays by SplitTuner (rank 0 decides, broadcast_object_list); the weave row "
                  "times the chosen schedule with the full replays",
@@ -149,8 +151,9 @@ def bench_tokens(ctx, s, model, shape, sms, tuner, tokens) -> list:
         fused = mode in ("fused", "weave")
         if fused and ctx.comm is None:
             return {"error": ctx.comm_err or "communicator unavailable"}
+        gemm_out = ctx.zc_flat[:tokens * cfg.hidden].view(tokens, cfg.hidden) if ctx.zc_flat is not None else None
         coll = tp_llama.Collective(mode, cfg.eps, comm=ctx.comm, ctas=s["comm_ctas"] if mode == "weave" else None,
-                                   residual_mode=s["residual_mode"] if fused else "replicated")
+                                   residual_mode=s["residual_mode"] if fused else "replicated", gemm_out=gemm_out)
         return ctx.measure(lambda i: model.forward(pool.xs[i], coll, split), pool.refresh, calls, calls,
                            s["warmup"], replays)
 
@@ -235,7 +238,8 @@ def markdown(doc: dict) -> str:
              f"{cfg['heads']} heads, {cfg['kv_heads']} kv heads; {s['layers']} random bf16 layer(s)) on "
              f"{doc['world_size']}x {doc['device']}, commit {str(doc.get('git_commit', '?'))[:10]}: median us per "
              f"layer, whole forward in one CUDA graph (rank 0); weave = SplitTuner's schedule with "
-             f"{s['comm_ctas']} comm CTAs; {s['residual_mode']} residual.\n",
+             f"{s['comm_ctas']} comm CTAs; {s['residual_mode']} residual"
+             f"{'; fused/weave GEMMs write to symmetric memory (zero copy)' if s.get('zero_copy') else ''}.\n",
              "| tokens | " + " | ".join(LABELS[m] + " us" for m in tp_llama.MODES) + " | weave schedule | "
              + " | ".join(label for _, label in RATIOS) + " | weave tokens/s per layer |",
              "|---:|" + "---:|" * len(tp_llama.MODES) + ":---|" + "---:|" * (len(RATIOS) + 1)]
@@ -327,15 +331,16 @@ def run(args) -> int:
     s = settings(args)
     reserve = max(s["tokens"]) * s["config"]["hidden"] * 2
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    # one channel of (2*world + 2) staging slots plus slack, as weave_nvshmem.bench sizes the heap
+    # one channel of (2*world + 2) staging slots, the GEMM output buffer (zero copy) plus slack
     os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE",
-                          str(8192 + (2 * world + 2) * ((reserve + 255) // 256 * 256) + 512 * bench.MB))
+                          str(8192 + (2 * world + 3) * ((reserve + 255) // 256 * 256) + 512 * bench.MB))
     ctx = bench.Ctx(args, s)
     rc = 0
     try:
         ctx.log(f"TP Llama layer bench{' --quick' if s['quick'] else ''}: world {ctx.world}, {ctx.device_name}, "
                 f"tokens {s['tokens']}, {s['layers']} layer(s), reserve {bench._fmt_bytes(reserve)}")
         ctx.start_ours(reserve)
+        ctx.start_zero_copy(reserve)  # fused/weave: the row-parallel GEMMs write here (symmetric)
         rows = []
         doc = {"schema": SCHEMA, "name": "layer", "device": ctx.device_name,
                "device_slug": bench._slug(ctx.device_name), "world_size": ctx.world,

@@ -75,9 +75,12 @@ class Collective:
     """The layer's communication: ``fused(x, residual, w) -> (normed, residual)`` per mode.
 
     ``ctas``: CTAs of the fused op (None: its own choice); ``residual_mode``: see the module docstring
-    (sharded needs the fused op, so only modes fused and weave take it)."""
+    (sharded needs the fused op, so only modes fused and weave take it); ``gemm_out``: a symmetric
+    [max tokens, hidden] tensor (``weave_nvshmem.empty``, fused and weave modes) for the row-parallel
+    GEMMs' outputs."""
 
-    def __init__(self, mode: str, eps: float, comm=None, group=None, ctas=None, residual_mode: str = "replicated"):
+    def __init__(self, mode: str, eps: float, comm=None, group=None, ctas=None, residual_mode: str = "replicated",
+                 gemm_out=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
         if residual_mode not in RESIDUAL_MODES:
@@ -86,6 +89,13 @@ class Collective:
             raise ValueError(f"residual_mode 'sharded' needs the fused collective (mode fused or weave, got {mode!r})")
         self.mode, self.eps, self.comm, self.group, self.ctas = mode, eps, comm, group, ctas
         self.residual_mode = residual_mode
+        self.gemm_out = gemm_out if mode in ("fused", "weave") else None
+
+    def gemm_target(self, start: int, n: int):
+        """Where the row-parallel GEMM (o_proj, down) of tokens [start, start+n) writes: rows of the
+        symmetric ``gemm_out`` (the fused op then reads them on the peers in place: zero copy), or
+        None (a new tensor)."""
+        return None if self.gemm_out is None else self.gemm_out[start:start + n]
 
     def fused(self, x, residual, w):
         if self.mode in ("fused", "weave"):
@@ -95,6 +105,11 @@ class Collective:
             torch.distributed.all_reduce(x, group=self.group)
         s = x + residual
         return rms_norm(s, w, self.eps), s
+
+
+def _row_parallel(x, w, out=None):
+    """``x @ w.T`` (a row-parallel GEMM: its output is this rank's partial sum), into ``out`` if given."""
+    return x @ w.t() if out is None else torch.matmul(x, w.t(), out=out)
 
 
 def _causal(lq: int, lk: int, device) -> dict:
@@ -159,18 +174,18 @@ class TPModel:
         k = self._rope(k.view(-1, self.nkv, d), pos)
         return q, k, v.view(-1, self.nkv, d)
 
-    def _attend(self, layer, q, k, v):
+    def _attend(self, layer, q, k, v, out=None):
         """Causal attention of queries at the last len(q) of the len(k) key positions."""
         rep = self.nh // self.nkv
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, len, d]: fused kernels
         o = F.scaled_dot_product_attention(q4, k4, v4, scale=1 / math.sqrt(self.cfg.head_dim),
                                            **_causal(q.shape[0], k.shape[0], q.device))
-        return o[0].transpose(0, 1).reshape(q.shape[0], -1) @ layer["o"].t()
+        return _row_parallel(o[0].transpose(0, 1).reshape(q.shape[0], -1), layer["o"], out)
 
-    def _mlp(self, layer, h):
+    def _mlp(self, layer, h, out=None):
         gate, up = (h @ layer["gate_up"].t()).chunk(2, -1)
-        return (F.silu(gate) * up) @ layer["down"].t()
+        return _row_parallel(F.silu(gate) * up, layer["down"], out)
 
     def _next_norm(self, li):
         return self.layers[li + 1]["in_norm"] if li + 1 < len(self.layers) else self.final_norm
@@ -186,10 +201,11 @@ class TPModel:
         residual = x.clone()
         h = rms_norm(x, self.layers[0]["in_norm"], self.cfg.eps)
         if coll.mode != "weave" or not 0 < split < T:
+            out = coll.gemm_target(0, T)
             for li, layer in enumerate(self.layers):
                 q, k, v = self._qkv(layer, h, 0)
-                h, residual = coll.fused(self._attend(layer, q, k, v), residual, layer["post_norm"])
-                h, residual = coll.fused(self._mlp(layer, h), residual, self._next_norm(li))
+                h, residual = coll.fused(self._attend(layer, q, k, v, out), residual, layer["post_norm"])
+                h, residual = coll.fused(self._mlp(layer, h, out), residual, self._next_norm(li))
             return h
         return self._woven(h, residual, coll, split)
 
@@ -208,19 +224,20 @@ class TPModel:
 
         hA, hB = h[:a], h[a:]
         rA, rB = residual[:a], residual[a:]
+        outA, outB = coll.gemm_target(0, a), coll.gemm_target(a, h.shape[0] - a)  # disjoint rows
         readyA = readyB = None  # events: this layer's inputs of A and B are ready
         for li, layer in enumerate(self.layers):
             st.main_waits(readyA)
             qA, kA, vA = self._qkv(layer, hA, 0)
-            hA, rA, attnA = on_side(self._attend(layer, qA, kA, vA), rA, layer["post_norm"])
+            hA, rA, attnA = on_side(self._attend(layer, qA, kA, vA, outA), rA, layer["post_norm"])
             st.main_waits(readyB)
             qB, kB, vB = self._qkv(layer, hB, a)
-            oB = self._attend(layer, qB, torch.cat([kA, kB]), torch.cat([vA, vB]))
+            oB = self._attend(layer, qB, torch.cat([kA, kB]), torch.cat([vA, vB]), outB)
             hB, rB, attnB = on_side(oB, rB, layer["post_norm"])
             st.main_waits(attnA)
-            hA, rA, readyA = on_side(self._mlp(layer, hA), rA, self._next_norm(li))
+            hA, rA, readyA = on_side(self._mlp(layer, hA, outA), rA, self._next_norm(li))
             st.main_waits(attnB)
-            hB, rB, readyB = on_side(self._mlp(layer, hB), rB, self._next_norm(li))
+            hB, rB, readyB = on_side(self._mlp(layer, hB, outB), rB, self._next_norm(li))
         st.main_waits(readyA)
         st.main_waits(readyB)
         return torch.cat([hA, hB])
@@ -279,9 +296,10 @@ def _input(model, tokens: int):
 
 
 def check_modes(model, comm, tokens_list=CHECK_TOKENS, *, ctas=8, tol=CHECK_TOL, row_tol=CHECK_ROW_TOL,
-                log=None) -> list[dict]:
+                log=None, gemm_out=None) -> list[dict]:
     """Every ``check_cases`` case vs the nccl forward at each of ``tokens_list``. Collective; a failing
-    case becomes an error string (agreed by all ranks) in its row. ``ctas``: weave's collectives."""
+    case becomes an error string (agreed by all ranks) in its row. ``ctas``: weave's collectives;
+    ``gemm_out``: Collective's symmetric GEMM output buffer (zero copy) for fused and weave."""
     from weave_nvshmem.overlap import LayerShape, candidates
 
     cfg = model.cfg
@@ -294,10 +312,12 @@ def check_modes(model, comm, tokens_list=CHECK_TOKENS, *, ctas=8, tol=CHECK_TOL,
         ref = model.forward(x, Collective("nccl", cfg.eps))
         planned = next((c.split for c in candidates(shape, tokens, sms=sms, comm_ctas=ctas) if c.mode == "weave"), 0)
         for mode, rm, split in check_cases(tokens, planned):
-            row = {"tokens": tokens, "mode": mode, "residual_mode": rm, "split": split, "error": None}
+            row = {"tokens": tokens, "mode": mode, "residual_mode": rm, "split": split, "error": None,
+                   "zero_copy": gemm_out is not None and mode in ("fused", "weave")}
             out, err = None, None
             try:
-                coll = Collective(mode, cfg.eps, comm=comm, ctas=ctas if mode == "weave" else None, residual_mode=rm)
+                coll = Collective(mode, cfg.eps, comm=comm, ctas=ctas if mode == "weave" else None, residual_mode=rm,
+                                  gemm_out=gemm_out)
                 out = model.forward(x, coll, split)
                 comm.synchronize()
             except Exception as exc:  # noqa: BLE001 - recorded in the row, agreed by all ranks
@@ -316,13 +336,13 @@ def check_modes(model, comm, tokens_list=CHECK_TOKENS, *, ctas=8, tol=CHECK_TOL,
 
 
 def check_graph(model, comm, tokens: int, split: int, residual_mode: str, *, ctas=8, tol=CHECK_TOL,
-                row_tol=CHECK_ROW_TOL) -> dict:
+                row_tol=CHECK_ROW_TOL, gemm_out=None) -> dict:
     """Capture the woven forward in one CUDA graph and replay it twice: the replays must be bitwise
     equal and match the eager forward (``eager_bitwise`` says whether exactly). Collective."""
     cfg = model.cfg
     row = {"tokens": tokens, "mode": "weave-graph", "residual_mode": residual_mode, "split": split, "error": None}
     x = _input(model, tokens)
-    coll = Collective("weave", cfg.eps, comm=comm, ctas=ctas, residual_mode=residual_mode)
+    coll = Collective("weave", cfg.eps, comm=comm, ctas=ctas, residual_mode=residual_mode, gemm_out=gemm_out)
     comm.reserve(tokens * cfg.hidden * model.dtype.itemsize)  # no workspace growth inside the capture
     graph = torch.cuda.CUDAGraph()
     got = {}
@@ -370,7 +390,8 @@ def check_graph(model, comm, tokens: int, split: int, residual_mode: str, *, cta
 
 
 def _describe(row: dict) -> str:
-    what = f"tokens={row['tokens']:<5} {row['mode']:11s} {row['residual_mode']:10s} split={row['split']:<4}"
+    what = f"tokens={row['tokens']:<5} {row['mode']:11s} {row['residual_mode']:10s} split={row['split']:<4}" \
+           f"{' zero-copy' if row.get('zero_copy') else ''}"
     if row.get("error"):
         return f"{what} FAIL {row['error']}"
     extra = (f" replays equal {row['replays_equal']}, eager bitwise {row['eager_bitwise']}"
@@ -400,15 +421,20 @@ def check(args) -> int:
     wn.init()
     comm = wn.Communicator(wn.CommOptions(timeout_s=args.timeout_s, channels=1))  # one collective at a time
     log = print if rank == 0 else None
+    gemm_out = None
     try:
         cfg = dataclasses.replace(CONFIGS[args.config], layers=args.layers)
         model = TPModel(cfg, world, rank, torch.device("cuda", local))
         opts = dict(ctas=args.ctas, tol=args.tol, row_tol=args.row_tol)
-        rows = check_modes(model, comm, CHECK_TOKENS, log=log, **opts)
+        # the GEMMs write straight into symmetric memory (zero copy), as an engine would; one size
+        # also with ordinary GEMM outputs (the fused op then pushes them)
+        gemm_out = wn.empty((max(CHECK_TOKENS + GRAPH_TOKENS), cfg.hidden), model.dtype)
+        rows = check_modes(model, comm, CHECK_TOKENS, log=log, gemm_out=gemm_out, **opts)
+        rows += check_modes(model, comm, (1000,), log=log, **opts)
         graphs = []
         for tokens in GRAPH_TOKENS:
             for rm in RESIDUAL_MODES:
-                graphs.append(check_graph(model, comm, tokens, odd_split(tokens), rm, **opts))
+                graphs.append(check_graph(model, comm, tokens, odd_split(tokens), rm, gemm_out=gemm_out, **opts))
                 if log:
                     log(_describe(graphs[-1]))
         flag = torch.tensor([int(all(r["ok"] for r in rows + graphs))], device="cuda")
@@ -427,6 +453,8 @@ def check(args) -> int:
             print(f"{'PASS' if ok else 'FAIL'}: {sum(not r['ok'] for r in rows + graphs)} of {len(rows + graphs)} "
                   f"checks failed; wrote {path}", flush=True)
     finally:
+        if gemm_out is not None:
+            wn.free(gemm_out)
         comm.close()
         wn.finalize()
         dist.destroy_process_group()
