@@ -280,8 +280,9 @@ class Communicator:
 
         ``x``: any shape, bf16/fp16/fp32, contiguous, on this rank's GPU: ordinary (the kernel
         itself moves it, no copy launch) or symmetric (``weave_nvshmem.empty``, the same tensor on
-        every rank: the two-shot kernel reads it on the peers in place, zero copy). ``out``: same shape/dtype, may be ``x`` (in
-        place). Returns ``out`` (a new tensor if None); bitwise identical on all ranks.
+        every rank: the two-shot kernel reads it on the peers in place, zero copy). ``out``: same
+        shape/dtype, may be ``x`` (in place). Returns ``out`` (a new tensor if None); bitwise
+        identical on all ranks.
         """
         xt, back = _to_torch(x)
         dt = self._validate("all_reduce", xt)
