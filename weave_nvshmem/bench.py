@@ -2,7 +2,7 @@
 
 Run one process per GPU::
 
-    torchrun --nproc-per-node=4 -m weave_nvshmem.bench {allreduce,fused,all} --out bench/ [--quick]
+    torchrun --nproc-per-node=4 -m weave_nvshmem.bench {allreduce,fused,reducescatter,allgather,all} --out bench/ [--quick]
     python -m weave_nvshmem.bench plot bench/allreduce-nvidia-h200-w4.json   # redraw PNG + markdown
 
 Method (identical for every variant, ours and baselines):
@@ -68,6 +68,14 @@ FUSED_VARIANTS = ("ours_auto", "ours_sharded", "ours_lamport", "ours_oneshot", "
                   "nccl_add_rmsnorm",
                   "symm_add_rmsnorm", "ours_ar_add_rmsnorm", "add_rmsnorm")
 FUSED_BASELINES = ("nccl_add_rmsnorm", "symm_add_rmsnorm", "ours_ar_add_rmsnorm")
+#: reduce_scatter / all_gather of a tokens x AR_HIDDEN tensor (the full one; each rank holds 1/W)
+SG_TOKENS = (16, 128, 1024, 4096, 8192, 16384)
+SG_TOKENS_QUICK = (128, 8192)
+SG_VARIANTS = {"reducescatter": ("ours_auto", "ours_zerocopy", "nccl"), "allgather": ("ours_auto", "nccl")}
+#: per benchmark: (variants, baselines of the speedup columns)
+SERIES = {"allreduce": (AR_VARIANTS, AR_BASELINES), "fused": (FUSED_VARIANTS, FUSED_BASELINES),
+          "reducescatter": (SG_VARIANTS["reducescatter"], ("nccl",)), "allgather": (SG_VARIANTS["allgather"], ("nccl",))}
+BENCHES = ("allreduce", "fused", "reducescatter", "allgather")
 LABELS = {
     "ours_auto": "ours auto", "ours_oneshot": "ours oneshot", "ours_twoshot": "ours twoshot", "ours_bulk": "ours bulk",
     "ours_lamport": "ours lamport", "ours_zerocopy": "ours 2shot zero-copy",
@@ -528,15 +536,17 @@ def _row(ctx, series, variant, *, tokens=None, hidden=None, nbytes, **extra):
             "ctas": extra.pop("ctas", None), **extra}
 
 
-def _finish_row(ctx, row, res, allreduce: bool):
+def _finish_row(ctx, row, res, bus: int | None):
+    """Record ``res`` in ``row`` and log it. ``bus``: NCCL's bus-bandwidth factor (all-reduce 2,
+    reduce-scatter / all-gather 1: busbw = algbw * bus * (W-1)/W of the full tensor), None: none."""
     row.update(res)
     us = row.get("us")
     if us:
         row["algbw_gbps"] = row["bytes"] / us / 1e3
-        if allreduce and ctx.world > 1:
-            row["busbw_gbps"] = row["algbw_gbps"] * 2 * (ctx.world - 1) / ctx.world
+        if bus and ctx.world > 1:
+            row["busbw_gbps"] = row["algbw_gbps"] * bus * (ctx.world - 1) / ctx.world
     what = f"{row['series']:9s} " + (f"T={row['tokens']:<6}" if row["tokens"] else f"{_fmt_bytes(row['bytes']):>8s}")
-    if row.get("hidden") and not allreduce:
+    if row.get("hidden") and not bus:
         what += f" H={row['hidden']}"
     name = row["variant"] + (f"[ctas={row['ctas']}]" if row.get("ctas") else "")
     if row.get("error"):
@@ -562,7 +572,7 @@ def _budget_exhausted(ctx) -> bool:
     return bool(ctx.decide(time.perf_counter() - ctx.t0 > ctx.args.budget_s))
 
 
-def bench_allreduce(ctx: Ctx, s: dict) -> list:
+def bench_allreduce(ctx: Ctx, s: dict, name: str = "allreduce") -> list:
     import torch
     import torch.distributed as dist
 
@@ -631,7 +641,7 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
                 res = {"error": pool.symm_err or "torch symm_mem unavailable"}
             if res is None:
                 res = ctx.measure(call, lambda copy_to=copy_to: pool.refresh(copy_to), n_sets, calls, warm, reps)
-            rows.append(_finish_row(ctx, row, res, True))
+            rows.append(_finish_row(ctx, row, res, 2))
         pool = None
         made.clear()
         torch.cuda.synchronize()
@@ -639,7 +649,7 @@ def bench_allreduce(ctx: Ctx, s: dict) -> list:
     return rows
 
 
-def bench_fused(ctx: Ctx, s: dict) -> list:
+def bench_fused(ctx: Ctx, s: dict, name: str = "fused") -> list:
     import torch
     import torch.distributed as dist
 
@@ -725,11 +735,77 @@ def bench_fused(ctx: Ctx, s: dict) -> list:
                     res = {"error": pool.symm_err or "torch symm_mem unavailable"}
                 if res is None:
                     res = ctx.measure(call, lambda copy_to=copy_to: pool.refresh(copy_to), n_sets, calls, warm, reps)
-                rows.append(_finish_row(ctx, row, res, False))
+                rows.append(_finish_row(ctx, row, res, None))
             pool = out = None
             made.clear()
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+    return rows
+
+
+def bench_scatter_gather(ctx: Ctx, s: dict, name: str) -> list:
+    """reduce_scatter ("reducescatter") or all_gather ("allgather") of a tokens x AR_HIDDEN tensor."""
+    import torch
+    import torch.distributed as dist
+
+    from .collectives import plan as planning
+
+    rows = []
+    w = ctx.world
+    for idx, tokens in enumerate(s["scatter_gather_tokens"]):
+        nbytes = tokens * AR_HIDDEN * 2
+        full, part = (tokens, AR_HIDDEN), (tokens // w, AR_HIDDEN)
+        n_sets, calls, warm, reps = _sets_for(nbytes, s)
+        specs = [(_row(ctx, "tokens", v, tokens=tokens, hidden=AR_HIDDEN, nbytes=nbytes), v, None)
+                 for v in SG_VARIANTS[name]]
+        if tokens in AR_CTA_TOKENS:
+            specs += [(_row(ctx, "cta_sweep", "ours_auto", tokens=tokens, hidden=AR_HIDDEN, nbytes=nbytes, ctas=c),
+                       "ours_auto", c) for c in AR_CTAS]
+        if tokens % w:
+            rows += _skip_all(ctx, [sp[0] for sp in specs], f"skipped: {tokens} tokens do not split over {w} ranks",
+                              True)
+            continue
+        if _budget_exhausted(ctx):
+            rows += _skip_all(ctx, [sp[0] for sp in specs], "skipped: --budget-s exhausted", True)
+            continue
+        made = {}
+        err = ctx.agree(ctx._try(lambda: made.update(
+            pool=Pool(ctx, full if name == "reducescatter" else part, n_sets, key=2000 + idx),
+            out=torch.empty(part if name == "reducescatter" else full, dtype=torch.bfloat16, device=ctx.device))))
+        if err:
+            rows += _skip_all(ctx, [sp[0] for sp in specs], f"input allocation failed: {err}", True)
+            made.clear()
+            torch.cuda.empty_cache()
+            continue
+        pool, out = made["pool"], made["out"]
+        op = None if ctx.comm is None else ctx.comm.reduce_scatter if name == "reducescatter" else ctx.comm.all_gather
+        for row, v, ctas in specs:
+            res = None
+            copy_to = pool.z if v == "ours_zerocopy" else None
+            if v.startswith("ours"):
+                row.update(algorithm="twoshot", zero_copy=v == "ours_zerocopy",
+                           plan=_plan_dict(planning.plan_all_reduce, tokens * AR_HIDDEN, "bf16", w, "twoshot", ctas))
+                sets = pool.zs if v == "ours_zerocopy" else pool.xs
+                if ctx.comm is None:
+                    res = {"error": ctx.comm_err or "communicator unavailable"}
+                elif sets is None:
+                    res = {"error": pool.zc_err or "no symmetric input buffer"}
+                else:
+                    def call(i, sets=sets, ctas=ctas):
+                        op(sets[i], out=out, ctas=ctas)
+            elif name == "reducescatter":
+                def call(i):
+                    dist.reduce_scatter_tensor(out, pool.xs[i])
+            else:
+                def call(i):
+                    dist.all_gather_into_tensor(out, pool.xs[i])
+            if res is None:
+                res = ctx.measure(call, lambda copy_to=copy_to: pool.refresh(copy_to), n_sets, calls, warm, reps)
+            rows.append(_finish_row(ctx, row, res, 1))
+        pool = out = None
+        made.clear()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -743,7 +819,7 @@ def tune_pick(times: dict, tolerance: float = TUNE_TOLERANCE):
     return min((k for k, v in ok.items() if v <= best * (1 + tolerance)), key=lambda k: (k[1], ok[k]))
 
 
-def bench_tune(ctx: Ctx, s: dict) -> list:
+def bench_tune(ctx: Ctx, s: dict, name: str = "tune") -> list:
     """Time every algorithm x TUNE_CTAS of all_reduce and the fused op (replicated residual) at
     tokens x AR_HIDDEN; one row per (op, size) with every time and rank 0's pick (broadcast)."""
     import torch
@@ -864,7 +940,7 @@ def _us(idx, series, hidden, tokens, nbytes, variant, ctas=None):
 
 def speedups(name: str, rows: list) -> list:
     """ours_auto vs each baseline: baseline_us / ours_auto_us (> 1: ours faster), per size."""
-    baselines = AR_BASELINES if name == "allreduce" else FUSED_BASELINES
+    baselines = SERIES[name][1]
     idx = _index(rows)
     out, seen = [], set()
     for r in rows:
@@ -930,6 +1006,10 @@ def markdown(doc: dict, full: bool = True) -> str:
         if full and keys_of("bytes", None):
             lines.append("\nall_reduce, raw sizes:\n")
             lines += table("bytes", None, keys_of("bytes", None), AR_VARIANTS, AR_BASELINES, "bytes")
+    elif name in SG_VARIANTS:
+        lines.append(f"{'reduce_scatter' if name == 'reducescatter' else 'all_gather'}, the full tensor tokens x "
+                     f"{AR_HIDDEN} (each rank holds 1/{doc['world_size']} of the rows):\n")
+        lines += table("tokens", AR_HIDDEN, keys_of("tokens", AR_HIDDEN), SG_VARIANTS[name], ("nccl",), "tokens")
     else:
         variants = FUSED_VARIANTS if full else ("ours_auto", "nccl_add_rmsnorm", "symm_add_rmsnorm",
                                                  "ours_ar_add_rmsnorm")
@@ -996,6 +1076,9 @@ def plot(doc: dict, path) -> str | None:
         if any(r["series"] == "bytes" for r in rows):
             panels.append(("bytes", None, "bytes", "all_reduce, raw sizes"))
         variants = AR_VARIANTS
+    elif name in SG_VARIANTS:
+        panels = [("tokens", AR_HIDDEN, "tokens", f"{name}, tokens x {AR_HIDDEN} bf16 (full tensor)")]
+        variants = SG_VARIANTS[name]
     else:
         panels = [("tokens", h, "tokens", f"fused AR+add+RMSNorm, hidden {h}") for h in FUSED_HIDDENS
                   if any(r["series"] == "tokens" and r.get("hidden") == h for r in rows)]
@@ -1016,7 +1099,7 @@ def plot(doc: dict, path) -> str | None:
                              and not r.get("error") and r.get("us"))
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "-" if v == "ours_bulk" else ":", marker="o",
-                            label=f"{LABELS[v]} T={tokens}" + (f" H={hidden_g}" if name != "allreduce" else ""))
+                            label=f"{LABELS[v]} T={tokens}" + (f" H={hidden_g}" if name == "fused" else ""))
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_yscale("log")
@@ -1080,6 +1163,10 @@ def _settings(args) -> dict:
         "allreduce_cta_sweep": {"tokens": list(AR_CTA_TOKENS), "ctas": list(AR_CTAS), "variants": list(SWEPT)},
         "fused_cta_sweep": {"min_tokens": FUSED_CTA_MIN_TOKENS, "ctas": list(FUSED_CTAS), "variants": list(SWEPT),
                             "twoshot_hidden": AR_HIDDEN},
+        "scatter_gather_tokens": list(SG_TOKENS_QUICK if quick else SG_TOKENS),
+        "scatter_gather": "reducescatter: x = tokens x 8192 per rank, out = its 1/W rows; allgather: x = 1/W of "
+                          "the rows, out = tokens x 8192; NCCL reduce_scatter_tensor / all_gather_into_tensor; "
+                          "ours at its default CTAs and swept over CTAs at 1024 and 8192 tokens",
         "oneshot_max_bytes_allreduce": ONESHOT_MAX_BYTES,
         "calls": args.calls if args.calls else 20,
         "calls_large": 10,
@@ -1113,6 +1200,8 @@ def _max_bytes(what, s):
         m = max([m, max(s["tokens"]) * AR_HIDDEN * 2] + s["raw_bytes"])
     if what in ("fused", "all"):
         m = max(m, max(s["tokens"]) * max(FUSED_HIDDENS) * 2)
+    if what in ("reducescatter", "allgather", "all"):
+        m = max(m, max(s["scatter_gather_tokens"]) * AR_HIDDEN * 2)
     return m
 
 
@@ -1122,6 +1211,8 @@ def _symm_bytes(what, s):
         sizes += [t * AR_HIDDEN * 2 for t in s["tokens"]] + s["raw_bytes"]
     if what in ("fused", "all"):
         sizes += [t * h * 2 for t in s["tokens"] for h in FUSED_HIDDENS]
+    if what in ("reducescatter", "all"):
+        sizes += [t * AR_HIDDEN * 2 for t in s["scatter_gather_tokens"]]
     return max(_sets_for(b, s)[0] * b for b in sizes)
 
 
@@ -1153,7 +1244,7 @@ def _env_snapshot():
 def run(args) -> int:
     s = _settings(args)
     what = args.what
-    names = ["allreduce", "fused"] if what == "all" else [what]
+    names = list(BENCHES) if what == "all" else [what]
     reserve = _max_bytes(what, s)
     # NVSHMEM's heap must hold one channel of (2*world + 2) staging slots; default it generously
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -1192,7 +1283,8 @@ def run(args) -> int:
             ctx.log(f"=== {name} ===")
             doc = dict(common, name=name, timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat())
             try:
-                rows = {"allreduce": bench_allreduce, "fused": bench_fused, "tune": bench_tune}[name](ctx, s)
+                rows = {"allreduce": bench_allreduce, "fused": bench_fused, "tune": bench_tune,
+                        "reducescatter": bench_scatter_gather, "allgather": bench_scatter_gather}[name](ctx, s, name)
                 doc["fatal"] = None
             except Exception as exc:  # noqa: BLE001
                 rows = []
@@ -1276,13 +1368,14 @@ def replot(files) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m weave_nvshmem.bench",
-        description="Graph-captured latency of weave_nvshmem all-reduce and fused all-reduce+RMSNorm vs NCCL and "
+        description="Graph-captured latency of weave_nvshmem all-reduce, fused all-reduce+RMSNorm, reduce-scatter and "
+                    "all-gather vs NCCL and "
                     "torch symmetric memory. Run under torchrun, one process per GPU: "
-                    "torchrun --nproc-per-node=N -m weave_nvshmem.bench {allreduce,fused,all} --out bench/ [--quick]. "
+                    "torchrun --nproc-per-node=N -m weave_nvshmem.bench {allreduce,fused,reducescatter,allgather,all} --out bench/ [--quick]. "
                     "Rank 0 writes <out>/<name>-<device>-w<world>.{json,md,png}. "
                     "'plot FILE.json...' redraws the PNG/markdown of saved results (no GPU).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("what", choices=["allreduce", "fused", "all", "tune", "plot"],
+    p.add_argument("what", choices=[*BENCHES, "all", "tune", "plot"],
                    help="which benchmark, 'tune' (measure every algorithm x CTA count, write the planner's "
                         "table for this device) or 'plot'")
     p.add_argument("files", nargs="*", help="result JSON files (only for 'plot')")
