@@ -35,6 +35,7 @@ def test_settings_and_sizes():
     assert s["scatter_gather_tokens"] == list(bench.SG_TOKENS)
     assert all(t % 8 == 0 for t in bench.SG_TOKENS)  # every world size up to 8 splits them
     assert bench._max_bytes("reducescatter", s) == max(bench.SG_TOKENS) * bench.AR_HIDDEN * 2
+    assert bench._symm_bytes("allgather", s) > 0  # no symmetric input sets, still a valid size
     quick = bench._settings(_args(quick=True))
     assert bench._symm_bytes("reducescatter", quick) >= max(bench.SG_TOKENS_QUICK) * bench.AR_HIDDEN * 2
 

@@ -1028,7 +1028,7 @@ def markdown(doc: dict, full: bool = True) -> str:
                 if g not in groups:
                     groups.append(g)
             ctas = sorted({r["ctas"] for r in sweep})
-            lines.append("\nCTA sweep (replicated residual for fused), us per call:\n")
+            lines.append("\nCTA sweep (fused: replicated residual), us per call:\n")
             lines.append("| variant | hidden | tokens | " + " | ".join(f"ctas={c}" for c in ctas) + " | default |")
             lines.append("|" + "---:|" * (len(ctas) + 4))
             for v, hidden, tokens in groups:
@@ -1213,7 +1213,7 @@ def _symm_bytes(what, s):
         sizes += [t * h * 2 for t in s["tokens"] for h in FUSED_HIDDENS]
     if what in ("reducescatter", "all"):
         sizes += [t * AR_HIDDEN * 2 for t in s["scatter_gather_tokens"]]
-    return max(_sets_for(b, s)[0] * b for b in sizes)
+    return max((_sets_for(b, s)[0] * b for b in sizes), default=16)  # allgather, tune: none
 
 
 def _versions():
