@@ -271,6 +271,42 @@ def test_tuning_table_per_device_and_stale_rows(tmp_path, monkeypatch):
     assert plan_all_reduce(1000, "f32", 4) == heuristic[1000]   # ctas out of range: built-in rules
     assert plan_all_reduce(100_000, "f32", 4) == Launch("twoshot", 6, 512)
     plan._load.cache_clear()
+    plan._device_name.cache_clear()
+
+
+def test_shipped_table_under_the_own_one(tmp_path, monkeypatch):
+    """On a device model the package has measured, auto follows the shipped table; the tune
+    command's own table wins per (op, world); $WEAVE_NVSHMEM_TUNING replaces both."""
+    shipped = json.loads(plan.SHIPPED_TUNING.read_text())
+    rows = shipped["nvidia-h200"]["fused_allreduce_rmsnorm"]["2"]
+    assert rows == sorted(rows, key=lambda r: r["bytes"]) and all(
+        r["algorithm"] in plan.FUSED_ALGORITHMS[1:] and 1 <= r["ctas"] <= MAX_CTAS for r in rows)
+    monkeypatch.delenv("WEAVE_NVSHMEM_TUNING")
+    monkeypatch.setenv("WEAVE_NVSHMEM_CACHE", str(tmp_path))
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
+    plan._device_name.cache_clear()
+    plan._load.cache_clear()
+    first = rows[0]  # the smallest size the tune measured: 1 token x 8192 (16 KB)
+    p = plan_fused(1, 8192, "bf16", 2)
+    assert first["bytes"] == 16384 and (p.algorithm, p.grid) == (first["algorithm"], first["ctas"])
+    own = {"fused_allreduce_rmsnorm": {"2": [{"bytes": 1 << 40, "algorithm": "twoshot", "ctas": 5}]}}
+    plan.tuning_path().parent.mkdir(parents=True)
+    plan.tuning_path().write_text(json.dumps(own))
+    plan._load.cache_clear()
+    assert (plan_fused(1, 8192, "bf16", 2).algorithm, plan_fused(1, 8192, "bf16", 2).grid) == ("twoshot", 5)
+    assert plan_all_reduce(8192, "bf16", 2) == plan.Launch(*_tuned_all_reduce(shipped, 8192 * 2), 512)
+    monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", str(tmp_path / "absent.json"))
+    assert plan_fused(1, 8192, "bf16", 2).algorithm == "lamport"  # built-in rules
+    plan._load.cache_clear()
+    plan._device_name.cache_clear()
+
+
+def _tuned_all_reduce(shipped, nbytes):
+    row = next(r for r in shipped["nvidia-h200"]["all_reduce"]["2"] if nbytes <= r["bytes"])
+    return row["algorithm"], row["ctas"]
 
 
 def test_tune_pick_prefers_few_ctas_within_tolerance():

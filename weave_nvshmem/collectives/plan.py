@@ -68,23 +68,39 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+#: tables measured on the lent machines, shipped with the package: {device slug: {op: {world: rows}}}
+SHIPPED_TUNING = Path(__file__).with_name("tuning.json")
+
+
+@functools.lru_cache(maxsize=8)
+def _device_name(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
+def _current_slug() -> str | None:
+    """Slug of this process's CUDA device model; None without torch or CUDA."""
+    try:
+        import torch
+
+        return device_slug(_device_name(torch.cuda.current_device())) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - no torch / no CUDA: built-in rules
+        return None
+
+
 def tuning_path() -> Path | None:
-    """Where this process's tuning table lives: $WEAVE_NVSHMEM_TUNING, else the one the tune
+    """Where this process's own tuning table lives: $WEAVE_NVSHMEM_TUNING, else the one the tune
     command wrote for this device model ($WEAVE_NVSHMEM_CACHE or ~/.cache/weave_nvshmem, then
     tuning/<device>.json); None without CUDA. Every rank of a homogeneous node gets the same file."""
     path = os.environ.get("WEAVE_NVSHMEM_TUNING")
     if path:
         return Path(path)
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        name = torch.cuda.get_device_name(torch.cuda.current_device())
-    except Exception:  # noqa: BLE001 - no torch / no CUDA: built-in rules
+    slug = _current_slug()
+    if slug is None:
         return None
     base = Path(os.environ.get("WEAVE_NVSHMEM_CACHE", Path.home() / ".cache" / "weave_nvshmem"))
-    return base / "tuning" / f"{device_slug(name)}.json"
+    return base / "tuning" / f"{slug}.json"
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,10 +109,15 @@ def _load(path: Path | None) -> dict:
 
 
 def _table() -> dict:
-    """The tuning table, {op: {world: [{"bytes", "algorithm", "ctas"}, ...]}} ({} if none); read
-    once per path (``_load.cache_clear()`` after writing one). Written by
-    ``python -m weave_nvshmem.bench tune``."""
-    return _load(tuning_path())
+    """The tuning table, {op: {world: [{"bytes", "algorithm", "ctas"}, ...]}} ({} if none):
+    $WEAVE_NVSHMEM_TUNING's file alone if set; else the table shipped for this device model, each
+    (op, world) of this machine's own (the tune command's, ``tuning_path()``) taking precedence.
+    Files are read once per path (``_load.cache_clear()`` after writing one)."""
+    own = _load(tuning_path())
+    if os.environ.get("WEAVE_NVSHMEM_TUNING"):
+        return own
+    shipped = _load(SHIPPED_TUNING).get(_current_slug() or "", {})
+    return {op: {**shipped.get(op, {}), **own.get(op, {})} for op in set(shipped) | set(own)}
 
 
 def _tuned(op: str, world: int, nbytes: int):
