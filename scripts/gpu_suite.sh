@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine without network (the lent H200s): install the carried nvshmem4py wheel, then run
-# the multi-GPU test suite, (RUN_TUNE=1) the tuning command, (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
+# the multi-GPU test suite (with >= 2 GPUs), the emulated suite (SKIP_EMULATED=1 skips it), (RUN_TUNE=1)
+# the tuning command, (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
 # NVLink multicast stays off: NVSHMEM_DISABLE_NVLS defaults to 1 and any other value is refused.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +22,14 @@ export PYTHONUNBUFFERED=1
 export WEAVE_NVSHMEM_COMMIT=${WEAVE_NVSHMEM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 nvidia-smi -L
 rc=0
-if [ "${SKIP_TESTS:-0}" != "1" ]; then
+if [ "${SKIP_TESTS:-0}" != "1" ] && [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   timeout "${TEST_TIMEOUT:-480}" bash tests/gpu/run.sh ${PYTEST_ARGS:-} 2>&1 | tee "$OUTDIR/gpu-tests.log"; rc=${PIPESTATUS[0]}
   echo "gpu suite exit code: $rc"
+fi
+if [ "${SKIP_EMULATED:-0}" != "1" ]; then  # world sizes 2/4/8 emulated on GPU 0, one process
+  CUDA_DEVICE_MAX_CONNECTIONS=32 timeout "${EMULATED_TIMEOUT:-420}" python3 -m pytest tests/emulated -q -p no:cacheprovider \
+    2>&1 | tee "$OUTDIR/emulated-tests.log" | tail -5; erc=${PIPESTATUS[0]}
+  echo "emulated suite exit code: $erc"; [ "$erc" -ne 0 ] && rc=$erc
 fi
 if [ "${RUN_TUNE:-0}" = "1" ]; then  # measure and install this device's tuning table before the bench
   NGPU=$(nvidia-smi -L | wc -l)

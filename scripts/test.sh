@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Run the weave_nvshmem tests: the CPU suite (PTX assembly, templates, planning, API) everywhere,
+# with the emulated suite (tests/emulated: world sizes 2/4/8 on one GPU) when a GPU is present,
 # then the multi-GPU suite (tests/gpu/run.sh, under torchrun) when >= 2 GPUs are present.
 # Extra arguments go to pytest. Exits non-zero on any failure (pytest's own code for the CPU suite).
 set -euo pipefail

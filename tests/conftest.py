@@ -2,6 +2,7 @@
 
 ``tests/gpu`` holds the multi-GPU suite, which runs one process per GPU under torchrun
 (``tests/gpu/run.sh``); a plain ``pytest tests`` collects it only under torchrun with CUDA.
+``tests/emulated`` (world sizes 2/4/8 emulated on one GPU) is collected wherever CUDA is.
 """
 from __future__ import annotations
 
@@ -19,4 +20,4 @@ def _has_cuda() -> bool:
 
 import os
 
-collect_ignore = [] if ("WORLD_SIZE" in os.environ and _has_cuda()) else ["gpu"]
+collect_ignore = ([] if "WORLD_SIZE" in os.environ else ["gpu"]) if _has_cuda() else ["gpu", "emulated"]

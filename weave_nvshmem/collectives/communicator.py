@@ -55,25 +55,38 @@ class CommOptions:
         raise TypeError(f"CommOptions: expected CommOptions, dict or None (got {type(options).__name__})")
 
 
-class _Channel:
-    """One workspace on the symmetric heap: control words, the signal pad the kernels synchronise
-    on (u32 flags [MAX_CTAS][MAX_WORLD], zeroed here), parity-alternated staging/result buffers,
-    then the three Lamport buffers (filled with the sentinel word here). Layout in
-    ptx/catalog.py; protocols in ptx/kernels/barrier.ptxinc and allreduce.ptx (lamport)."""
+def channel_layout(world: int, cap: int) -> tuple[int, int, int]:
+    """(staging capacity rounded up, offset of the Lamport buffers, total bytes) of one channel."""
+    cap = (cap + 255) // 256 * 256
+    lamport = catalog.DATA_OFF + (2 * world + 2) * cap  # 3 Lamport buffers of world slots follow
+    return cap, lamport, lamport + 3 * world * catalog.LAMPORT_SLOT
 
-    def __init__(self, world: int, cap: int, index: int):
+
+class _Channel:
+    """One workspace: control words, the signal pad the kernels synchronise on (u32 flags
+    [MAX_CTAS][MAX_WORLD], zeroed here), parity-alternated staging/result buffers, then the three
+    Lamport buffers (filled with the sentinel word here). Layout in ptx/catalog.py; protocols in
+    ptx/kernels/barrier.ptxinc and allreduce.ptx (lamport). ``deltas[p]``: peer p's copy of any
+    address in it minus the local one; ``release`` frees ``buf``."""
+
+    def __init__(self, buf, world: int, cap: int, deltas: tuple, release=None):
         import torch
 
-        self.cap = (cap + 255) // 256 * 256
-        lamport = catalog.DATA_OFF + (2 * world + 2) * self.cap  # 3 Lamport buffers of world slots
-        nbytes = lamport + 3 * world * catalog.LAMPORT_SLOT
-        self.buf = heap.empty((nbytes,), torch.uint8, label=f"weave:channel{index}")
-        self.buf[: catalog.DATA_OFF].zero_()
-        self.buf[lamport:].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
-        self.ws = self.buf.data_ptr()
-        alloc = heap.allocation_of(self.buf, op="Communicator")
-        self.deltas = tuple(np.int64(p - alloc.base if p else 0) for p in alloc.peer_bases)
+        self.cap, lamport, nbytes = channel_layout(world, cap)
+        assert buf.numel() == nbytes and buf.dtype == torch.uint8
+        buf[: catalog.DATA_OFF].zero_()
+        buf[lamport:].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
+        self.buf, self.ws, self.deltas, self._release = buf, buf.data_ptr(), deltas, release
         self.mc_ws = 0  # multicast address of ws, when the multimem kernels may run
+
+    @classmethod
+    def on_heap(cls, world: int, cap: int, index: int) -> "_Channel":
+        import torch
+
+        buf = heap.empty((channel_layout(world, cap)[2],), torch.uint8, label=f"weave:channel{index}")
+        alloc = heap.allocation_of(buf, op="Communicator")
+        deltas = tuple(np.int64(p - alloc.base if p else 0) for p in alloc.peer_bases)
+        return cls(buf, world, cap, deltas, release=heap.free)
 
     def map_multicast(self):
         """Multicast address of the workspace, or MulticastUnavailable (never creates one itself)."""
@@ -82,7 +95,8 @@ class _Channel:
         self.mc_ws = multicast_view(self.buf).data_ptr()
 
     def free(self):
-        heap.free(self.buf)
+        if self._release is not None:
+            self._release(self.buf)
         self.buf = None
 
 
@@ -96,24 +110,45 @@ class Communicator:
     """Symmetric resources and collective ops of this rank. Collective to build and to close."""
 
     def __init__(self, options=None):
+        rt = runtime()
+        self._start(rt.rank, rt.world, rt.device_id, options)
+
+    def _start(self, rank: int, world: int, device_id: int, options, kernels: KernelLibrary | None = None) -> None:
         import torch
 
-        rt = runtime()
         self.options = CommOptions.of(options)
-        self.rank, self.world, self.device_id = rt.rank, rt.world, rt.device_id
-        self._kernels = KernelLibrary(self.device_id)
+        self.rank, self.world, self.device_id = rank, world, device_id
+        self._kernels = kernels or KernelLibrary(self.device_id)
         self._err = HostMappedWords(4)
-        self._channels = [_Channel(self.world, self.options.initial_bytes, i) for i in range(self.options.channels)]
+        self._channels = [self._new_channel(self.options.initial_bytes, i) for i in range(self.options.channels)]
         self._broken = None
         #: why the multimem kernels are not used (None when they are)
         self.multicast_reason = "not requested (CommOptions(multicast=True))"
         if self.options.multicast:
             self._map_multicast()
         torch.cuda.synchronize()
+        self._sync_ranks()
+
+    # ---- what an emulated world replaces (collectives/emulated.py) -------------------------
+    def _new_channel(self, cap: int, index: int) -> _Channel:
+        return _Channel.on_heap(self.world, cap, index)
+
+    def _sync_ranks(self) -> None:
+        """Host-side barrier of all ranks (collective set-up steps)."""
         if self.world > 1:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def _launch(self, stream, grid: int, block: int, kernel, *args, shmem: int = 0) -> None:
+        launch(stream, grid, block, kernel, *args, shmem=shmem)
+
+    def _zero_copy(self, ch: _Channel, t) -> bool:
+        """Whether the two-shot kernels may read ``t`` on the peers directly instead of having it
+        pushed: ``t`` lies on the symmetric heap, mapped from every peer at the workspace's offsets.
+        The caller's contract: a symmetric input is the same tensor (same offset) on every rank."""
+        a = heap.lookup(t.data_ptr(), t.numel() * t.element_size())
+        return a is not None and all(p and p - a.base == d for p, d in zip(a.peer_bases, ch.deltas))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -169,20 +204,14 @@ class Communicator:
                                "while a CUDA graph is being captured; call comm.reserve(max_bytes) on every "
                                "rank before capturing")
         torch.cuda.synchronize()
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        self._sync_ranks()
         for i in grow:
             self._channels[i].free()
-            self._channels[i] = _Channel(self.world, nbytes, i)
+            self._channels[i] = self._new_channel(nbytes, i)
             if self.multicast_reason is None:
                 self._channels[i].map_multicast()
         torch.cuda.synchronize()
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        self._sync_ranks()
 
     # ---- errors ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -223,14 +252,6 @@ class Communicator:
         return (np.uint64(ch.ws), np.uint64(ch.cap), np.uint32(self.rank), np.uint64(int(t * 1e9)),
                 np.uint64(self._err.device_ptr), np.uint32(OP_IDS[op])) + ch.deltas
 
-    @staticmethod
-    def _zero_copy(ch: _Channel, t) -> bool:
-        """Whether the two-shot kernels may read ``t`` on the peers directly instead of having it
-        pushed: ``t`` lies on the symmetric heap, mapped from every peer at the workspace's offsets.
-        The caller's contract: a symmetric input is the same tensor (same offset) on every rank."""
-        a = heap.lookup(t.data_ptr(), t.numel() * t.element_size())
-        return a is not None and all(p and p - a.base == d for p, d in zip(a.peer_bases, ch.deltas))
-
     def _prepare(self, op, channel, nbytes):
         self._usable(op)
         c = self._channel_index(channel, op)
@@ -247,7 +268,7 @@ class Communicator:
         """
         ch = self._prepare("barrier", channel, 0)
         k = self._kernels.kernel("barrier.ptx", f"wn_barrier_w{self.world}", None, self.world)
-        launch(stream, 1, 32, k, *self._common(ch, "barrier", timeout))
+        self._launch(stream, 1, 32, k, *self._common(ch, "barrier", timeout))
 
     def put(self, dst, src, pe: int, *, stream=None) -> None:
         """Copy ``src`` (any local tensor) into PE ``pe``'s copy of symmetric ``dst``.
@@ -273,7 +294,7 @@ class Communicator:
         remote = heap.peer_address(dst.data_ptr(), pe, op="put")
         k = self._kernels.kernel("copy.ptx", "wn_copy", None, 1)
         grid = max(1, min(32, -(-nbytes // (16 * 512))))
-        launch(stream, grid, 512, k, np.uint64(remote), np.uint64(src.data_ptr()), np.uint64(nbytes))
+        self._launch(stream, grid, 512, k, np.uint64(remote), np.uint64(src.data_ptr()), np.uint64(nbytes))
 
     def all_reduce(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
         """Sum ``x`` over all ranks. Collective: same shape/dtype/algorithm/ctas on every rank.
@@ -304,7 +325,7 @@ class Communicator:
         else:
             k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_{p.algorithm}_{dt}_w{self.world}", dt, self.world)
             head += (np.uint32(4 if p.algorithm == "twoshot" and self._zero_copy(ch, x_in) else 0),)
-        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, "all_reduce", None), shmem=p.smem)
+        self._launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, "all_reduce", None), shmem=p.smem)
         return back(o)
 
     def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None):
@@ -347,7 +368,7 @@ class Communicator:
         x_in = _aligned(xt)
         k = self._kernels.kernel("allreduce.ptx", f"wn_allreduce_twoshot_{dt}_w{self.world}", dt, self.world)
         flags = (1 | (4 if self._zero_copy(ch, x_in) else 0)) if op == "reduce_scatter" else 2
-        launch(_stream(stream, x), p.grid, p.block, k, np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()),
+        self._launch(_stream(stream, x), p.grid, p.block, k, np.uint64(o.data_ptr()), np.uint64(x_in.data_ptr()),
                np.uint64(total), np.uint32(flags), *self._common(ch, op, None))
         return back(o)
 
@@ -421,7 +442,7 @@ class Communicator:
         else:
             k = self._kernels.kernel("fused_rmsnorm.ptx", f"wn_fused_{p.algorithm}_{dt}_w{self.world}_v{p.vpt}",
                                      dt, self.world)
-        launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, op, None), shmem=p.smem)
+        self._launch(_stream(stream, x), p.grid, p.block, k, *head, *self._common(ch, op, None), shmem=p.smem)
         return back(o), (residual if has_res else back(rt_))
 
     def _validate(self, op, xt) -> str:

@@ -1,0 +1,117 @@
+"""How many bytes per second a few SMs can move through local HBM, by loads in flight per thread.
+
+A diagnostic for the few-CTA targets: the collectives' per-CTA rate is bounded by what one SM can
+keep in flight (Little's law) and by its port to L2. This times a plain read kernel and a copy
+kernel (CuPy RawKernel, diagnostic only: the library's kernels are PTX) on 1-8 blocks of 512
+threads with 4-16 independent 16-byte loads in flight per thread, over 1 GiB (beyond L2).
+
+    python scripts/sm_bandwidth_probe.py [--out DIR]    -> sm-bandwidth.json/.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import cupy as cp
+
+SRC = r"""
+template <int U>
+__global__ void __launch_bounds__(512) rd(const int4* __restrict__ src, long long nvec, int* sink) {
+    long long step = (long long)gridDim.x * blockDim.x * U;
+    int acc = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x * U + threadIdx.x; i < nvec; i += step) {
+        int4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            long long j = i + (long long)u * blockDim.x;
+            v[u] = j < nvec ? __ldcg(src + j) : make_int4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    if (acc == 0x7fffffff) *sink = acc;
+}
+template <int U>
+__global__ void __launch_bounds__(512) cp_(const int4* __restrict__ src, int4* dst, long long nvec) {
+    long long step = (long long)gridDim.x * blockDim.x * U;
+    for (long long i = (long long)blockIdx.x * blockDim.x * U + threadIdx.x; i < nvec; i += step) {
+        int4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            long long j = i + (long long)u * blockDim.x;
+            if (j < nvec) v[u] = __ldcg(src + j);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            long long j = i + (long long)u * blockDim.x;
+            if (j < nvec) __stcg(dst + j, v[u]);
+        }
+    }
+}
+template __global__ void rd<4>(const int4*, long long, int*);
+template __global__ void rd<8>(const int4*, long long, int*);
+template __global__ void rd<16>(const int4*, long long, int*);
+template __global__ void cp_<4>(const int4*, int4*, long long);
+template __global__ void cp_<8>(const int4*, int4*, long long);
+template __global__ void cp_<16>(const int4*, int4*, long long);
+"""
+UNROLLS = (4, 8, 16)
+BLOCKS = (1, 2, 4, 8, 132)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench")
+    args = ap.parse_args(argv)
+    names = [f"rd<{u}>" for u in UNROLLS] + [f"cp_<{u}>" for u in UNROLLS]
+    mod = cp.RawModule(code=SRC, options=("-std=c++17",), name_expressions=names)
+    nbytes = 1 << 30
+    src = cp.random.randint(0, 1 << 30, nbytes // 4, dtype=cp.int32).view(cp.uint8)
+    dst = cp.empty_like(src)
+    sink = cp.zeros(1, dtype=cp.int32)
+    nvec = nbytes // 16
+    rows = []
+    for kind in ("read", "copy"):
+        for u in UNROLLS:
+            k = mod.get_function(f"rd<{u}>" if kind == "read" else f"cp_<{u}>")
+            for blocks in BLOCKS:
+                n = nvec if blocks > 8 else nvec // 16  # 64 MB for a few blocks: still beyond L2
+                a = (src, cp.int64(n), sink) if kind == "read" else (src, dst, cp.int64(n))
+                k((blocks,), (512,), a)
+                start, end = cp.cuda.Event(), cp.cuda.Event()
+                times = []
+                for _ in range(5):
+                    start.record()
+                    k((blocks,), (512,), a)
+                    end.record()
+                    end.synchronize()
+                    times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
+                t = sorted(times)[len(times) // 2]
+                moved = n * 16 * (1 if kind == "read" else 2)
+                row = {"kind": kind, "in_flight_per_thread": u, "blocks": blocks, "GB_s": round(moved / t / 1e9, 1),
+                       "GB_s_per_sm": round(moved / t / 1e9 / blocks, 1),
+                       "kb_in_flight_per_sm": 512 * u * 16 // 1024}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    doc = {"device": dev, "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
+    (out / "sm-bandwidth.json").write_text(json.dumps(doc, indent=1))
+    lines = [f"**per-SM bandwidth probe** on {dev}: GB/s per SM (bytes read + written), blocks of 512 threads", "",
+             "| kind | loads in flight / thread | KB in flight / SM | " + " | ".join(f"{b} blocks" for b in BLOCKS) + " |",
+             "|---|---:|---:|" + "---:|" * len(BLOCKS)]
+    for kind in ("read", "copy"):
+        for u in UNROLLS:
+            cells = [next(r["GB_s_per_sm"] for r in rows if r["kind"] == kind and r["in_flight_per_thread"] == u
+                          and r["blocks"] == b) for b in BLOCKS]
+            lines.append(f"| {kind} | {u} | {512 * u * 16 // 1024} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    (out / "sm-bandwidth.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
