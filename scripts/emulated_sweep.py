@@ -6,7 +6,7 @@ All ranks share one HBM, so the times are never link figures; compare CTA counts
 
     python scripts/emulated_sweep.py [--world 2 4] [--tokens 1024 8192] [--out DIR]
 
-Writes emulated-sweep.json and .md under --out (default bench/). CUDA graphs of 5 steps, median
+Writes emulated-sweep-<device>.{json,md,png} under --out (default bench/). CUDA graphs of 5 steps, median
 of 12 replays, random inputs (2 sets, alternated), bf16, hidden 8192.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from weave_nvshmem import CommOptions  # noqa: E402
 from weave_nvshmem.collectives.emulated import EmulatedWorld  # noqa: E402
+from weave_nvshmem.collectives.plan import device_slug  # noqa: E402
 
 HIDDEN = 8192
 CTAS = (2, 4, 8, 16, 32, 64, 128)
@@ -81,7 +82,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 8192])
     ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     ap.add_argument("--out", default="bench")
+    ap.add_argument("--replot", metavar="JSON", help="rewrite the .md and .png of an earlier run's JSON, no GPU")
     args = ap.parse_args(argv)
+    if args.replot:
+        print(write_reports(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix("")))
+        return 0
     rows = []
     name = torch.cuda.get_device_name()
     for w in args.world:
@@ -102,22 +107,55 @@ def main(argv=None) -> int:
                     row["fraction_of_best"] = {c: round(best / t, 3) for c, t in row["us"].items()}
                     print(json.dumps(row), f"({time.perf_counter() - t0:.1f} s)", flush=True)
                     rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     doc = {"device": name, "emulated": True, "hidden": HIDDEN, "dtype": "bfloat16",
            "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
-    (out / "emulated-sweep.json").write_text(json.dumps(doc, indent=1))
-    lines = [f"**emulated CTA sweep** on one {name} (ranks share its HBM: per-CTA limits, not link figures); "
-             f"bf16, hidden {HIDDEN}, us per step", "",
-             "| world | op | tokens | " + " | ".join(f"ctas={c}" for c in CTAS) + " | 8 CTAs / best |",
-             "|---:|---|---:|" + "---:|" * (len(CTAS) + 1)]
-    for r in rows:
-        cells = [f"{r['us'][c]:.1f}" if c in r["us"] else "" for c in CTAS]
-        lines.append(f"| {r['world']} | {r['op']} | {r['tokens']} | " + " | ".join(cells)
-                     + f" | {r['fraction_of_best'].get(8, float('nan')):.2f} |")
-    (out / "emulated-sweep.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    stem = Path(args.out) / f"emulated-sweep-{device_slug(name)}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    print(write_reports(doc, stem))
     return 0
+
+
+def write_reports(doc: dict, stem: Path) -> str:
+    """<stem>.md (table) and <stem>.png (fraction of the best time per CTA count); returns the table."""
+    ctas = sorted({int(c) for r in doc["rows"] for c in r["us"]})
+    lines = [f"**emulated CTA sweep** on one {doc['device']} (commit {doc['commit']}; ranks share its HBM: "
+             f"per-CTA limits, not link figures); {doc['dtype']}, hidden {doc['hidden']}, us per step", "",
+             "| world | op | tokens | " + " | ".join(f"ctas={c}" for c in ctas) + " | 8 CTAs / best |",
+             "|---:|---|---:|" + "---:|" * (len(ctas) + 1)]
+    for r in doc["rows"]:
+        us = {int(c): t for c, t in r["us"].items()}
+        cells = [f"{us[c]:.1f}" if c in us else "" for c in ctas]
+        eight = min(us.values()) / us[8] if 8 in us else float("nan")
+        lines.append(f"| {r['world']} | {r['op']} | {r['tokens']} | " + " | ".join(cells) + f" | {eight:.2f} |")
+    table = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(table)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return table
+    tokens = max(r["tokens"] for r in doc["rows"])
+    ops = sorted({r["op"] for r in doc["rows"]})
+    fig, axes = plt.subplots(1, len(ops), figsize=(4 * len(ops), 3.6), sharey=True)
+    for ax, op in zip(axes, ops):
+        for r in doc["rows"]:
+            if r["op"] == op and r["tokens"] == tokens:
+                us = sorted((int(c), t) for c, t in r["us"].items())
+                ax.plot([c for c, _ in us], [min(t for _, t in us) / t for _, t in us], marker="o",
+                        label=f"world {r['world']}")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{op}, {tokens} tokens", fontsize=9)
+        ax.set_xlabel("CTAs per rank")
+        ax.axhline(0.9, color="grey", lw=0.5, ls=":")
+    axes[0].set_ylabel("fraction of the best time")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(f"emulated ranks on one {doc['device']} (shared HBM), commit {doc['commit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    return table
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ keep in flight (Little's law) and by its port to L2. This times a plain read ker
 kernel (CuPy RawKernel, diagnostic only: the library's kernels are PTX) on 1-8 blocks of 512
 threads with 4-16 independent 16-byte loads in flight per thread, over 1 GiB (beyond L2).
 
-    python scripts/sm_bandwidth_probe.py [--out DIR]    -> sm-bandwidth.json/.md
+    python scripts/sm_bandwidth_probe.py [--out DIR]    -> sm-bandwidth-<device>.json/.md
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import cupy as cp
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     doc = {"device": dev, "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
-    (out / "sm-bandwidth.json").write_text(json.dumps(doc, indent=1))
+    stem = f"sm-bandwidth-{re.sub(r'[^a-z0-9]+', '-', dev.lower()).strip('-')}"
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"**per-SM bandwidth probe** on {dev}: GB/s per SM (bytes read + written), blocks of 512 threads", "",
              "| kind | loads in flight / thread | KB in flight / SM | " + " | ".join(f"{b} blocks" for b in BLOCKS) + " |",
              "|---|---:|---:|" + "---:|" * len(BLOCKS)]
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
             cells = [next(r["GB_s_per_sm"] for r in rows if r["kind"] == kind and r["in_flight_per_thread"] == u
                           and r["blocks"] == b) for b in BLOCKS]
             lines.append(f"| {kind} | {u} | {512 * u * 16 // 1024} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    (out / "sm-bandwidth.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
