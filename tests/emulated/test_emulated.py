@@ -110,6 +110,22 @@ def test_fused(emu, dtype, mode, tokens, hidden):
     check_fused(emu, dt, tokens, mode, *got)
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot", "bulk"])
+@pytest.mark.parametrize("hidden", [4096, 7168])
+def test_fused_every_algorithm(emu, dtype, algorithm, hidden):
+    """Each kernel by name (auto above picks by size), both residual modes where it has them."""
+    dt = DTYPES[dtype]
+    row_bytes = hidden * torch.empty((), dtype=dt).element_size()
+    for mode in (("replicated", "sharded") if algorithm in ("twoshot", "bulk") else ("replicated",)):
+        if algorithm == "bulk" and 2 * (emu.world + 1) * row_bytes > plan.BULK_SMEM:
+            with pytest.raises(ValueError, match="bulk"):  # two stages of world + 1 rows must fit
+                run_fused(emu, dt, 13, hidden, mode, algorithm=algorithm, seed=hidden)
+            continue
+        got = run_fused(emu, dt, 13, hidden, mode, algorithm=algorithm, seed=hidden)
+        check_fused(emu, dt, 13, mode, *got)
+
+
 @pytest.mark.parametrize("hidden", [4096, 7168])
 @pytest.mark.parametrize("mode", ["replicated", "sharded"])
 def test_fused_8191_tokens(emu, hidden, mode):

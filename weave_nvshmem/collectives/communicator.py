@@ -69,7 +69,7 @@ class _Channel:
     ptx/kernels/barrier.ptxinc and allreduce.ptx (lamport). ``deltas[p]``: peer p's copy of any
     address in it minus the local one; ``release`` frees ``buf``."""
 
-    def __init__(self, buf, world: int, cap: int, deltas: tuple, release=None):
+    def __init__(self, buf, world: int, cap: int, deltas: tuple, release):
         import torch
 
         self.cap, lamport, nbytes = channel_layout(world, cap)
@@ -95,8 +95,7 @@ class _Channel:
         self.mc_ws = multicast_view(self.buf).data_ptr()
 
     def free(self):
-        if self._release is not None:
-            self._release(self.buf)
+        self._release(self.buf)
         self.buf = None
 
 

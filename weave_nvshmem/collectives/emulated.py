@@ -21,7 +21,7 @@ import numpy as np
 from .. import errors
 from ..ptx import catalog
 from ..ptx.loader import KernelLibrary
-from .communicator import Communicator, _Channel, channel_layout
+from .communicator import CommOptions, Communicator, _Channel, channel_layout
 
 _ALIGN = 256
 
@@ -188,8 +188,6 @@ class _VirtualRank(Communicator):
     for co-residency with the other ranks' kernels."""
 
     def __init__(self, emu: EmulatedWorld, rank: int, options):
-        from .communicator import CommOptions
-
         if CommOptions.of(options).multicast:
             raise ValueError("EmulatedWorld: virtual ranks have no multicast object (use the P2P kernels)")
         self._emu = emu
