@@ -274,3 +274,22 @@ def test_bulk_partition(units, world, grid, cu):
         expect = {(r, u) for r in range(world) if r != rank for u in range(sg[r], sg[r + 1])}
         assert set(moved) == expect and set(moved.values()) <= {1}
         assert set(reduced) == set(range(sg[rank], sg[rank + 1])) and set(reduced.values()) <= {1}
+
+
+@pytest.mark.parametrize("rows", [1, 13, 64, 1000])
+@pytest.mark.parametrize("world", [2, 4, 5, 8])
+@pytest.mark.parametrize("hidden", [1024, 4096, 8192])
+@pytest.mark.parametrize("ctas", [None, 1, 3, 16])
+def test_fused_bulk_blocks_push_the_rows_they_reduce(rows, world, hidden, ctas):
+    """wn_fused_bulk with the planned chunk: every row block b pushes to its owner (phase 1) is a row
+    the owner's block b reduces (phase 2: rows lo + b + i*grid), so the block-pairwise barrier
+    orders push before reduce; phase 3 pulls the same items, after the owner's block b wrote them."""
+    if 2 * (world + 1) * hidden * 2 > plan.BULK_SMEM:
+        return
+    p = plan.plan_fused(rows, hidden, "bf16", world, "bulk", ctas)
+    sg = segments(rows, world)
+    for rank in range(world):
+        for b in range(p.grid):
+            for r, start, n in bulk_items(rows, world, rank, b, p.grid, p.chunk):
+                reduced_by_b = set(range(sg[r] + b, sg[r + 1], p.grid))
+                assert set(range(start, start + n)) <= reduced_by_b, (rank, b, r, start, n)

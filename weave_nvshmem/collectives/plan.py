@@ -23,7 +23,7 @@ FUSED_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
 #: (bench/*-nvidia-h200-w{2,4}.json). "auto" picks it only from a tuning table.
 #: dynamic shared memory of the bulk-copy kernels (an H100/H200 block may have 227 KB; ~1 KB is static)
 BULK_SMEM = 200 * 1024
-#: target bytes of one bulk-copy chunk (a TMA transfer); fused chunks are whole rows
+#: target bytes of one bulk-copy chunk (a TMA transfer) of the all-reduce; fused chunks are single rows
 BULK_CHUNK_BYTES = 16 * 1024
 #: the fused two-shot kernel (fused_twoshot.ptx): 16 warps per block, its default CTA cap
 TWOSHOT_BLOCK = 512
@@ -213,8 +213,10 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         else:
             algorithm = "twoshot"
     if algorithm == "bulk":
-        chunk = max(1, min(BULK_CHUNK_BYTES, BULK_SMEM // 2) // row_bytes)
-        return Launch(algorithm, ctas or max(1, min(16, -(-rows // world))), block, vpt, chunk, BULK_SMEM)
+        # one row per copy chunk: phase 2 gives row lo+b+i*grid to block b, so only then are the rows
+        # block b pushes (phase 1) and pulls (phase 3) the ones its pairwise barriers cover. (Chunks
+        # of 2 rows raced: rows reduced before their push arrived, seen on 5-8 emulated ranks.)
+        return Launch(algorithm, ctas or max(1, min(16, -(-rows // world))), block, vpt, 1, BULK_SMEM)
     if algorithm == "twoshot":
         per_rank_rows = -(-rows // world)
         ctas = ctas or max(1, min(FUSED_TWOSHOT_CTAS, per_rank_rows))
