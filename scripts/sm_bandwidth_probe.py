@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 
 import cupy as cp
+
+from weave_nvshmem.collectives.plan import device_slug
 
 SRC = r"""
 template <int U>
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     doc = {"device": dev, "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
-    stem = f"sm-bandwidth-{re.sub(r'[^a-z0-9]+', '-', dev.lower()).strip('-')}"
+    stem = f"sm-bandwidth-{device_slug(dev)}"
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"**per-SM bandwidth probe** on {dev}: GB/s per SM (bytes read + written), blocks of 512 threads", "",
              "| kind | loads in flight / thread | KB in flight / SM | " + " | ".join(f"{b} blocks" for b in BLOCKS) + " |",

@@ -85,7 +85,7 @@ class EmulatedWorld:
         import torch
 
         shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-        numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        numel = int(np.prod(shape, dtype=np.int64))
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
         off = self._blocks.take(max(16, nbytes))
         return [self._arena(r)[off:off + nbytes].view(dtype).view(shape) for r in range(self.world)]
