@@ -5,7 +5,7 @@ keep in flight (Little's law) and by its port to L2. This times a plain read ker
 kernel (CuPy RawKernel, diagnostic only: the library's kernels are PTX) on 1-8 blocks of 512
 threads with 4-16 independent 16-byte loads in flight per thread, over 1 GiB (beyond L2).
 
-    python scripts/sm_bandwidth_probe.py [--out DIR]    -> sm-bandwidth-<device>.json/.md
+    python scripts/sm_bandwidth_probe.py [--out DIR]    -> sm-bandwidth-<device>.{json,md,png}
 """
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-
-import cupy as cp
 
 from weave_nvshmem.collectives.plan import device_slug
 
@@ -63,10 +61,10 @@ UNROLLS = (4, 8, 16)
 BLOCKS = (1, 2, 4, 8, 132)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="bench")
-    args = ap.parse_args(argv)
+def measure() -> list:
+    """One row per (kind, loads in flight per thread, blocks): GB/s in all and per SM."""
+    import cupy as cp
+
     names = [f"rd<{u}>" for u in UNROLLS] + [f"cp_<{u}>" for u in UNROLLS]
     mod = cp.RawModule(code=SRC, options=("-std=c++17",), name_expressions=names)
     nbytes = 1 << 30
@@ -97,22 +95,67 @@ def main(argv=None) -> int:
                        "kb_in_flight_per_sm": 512 * u * 16 // 1024}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    doc = {"device": dev, "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
-    stem = f"sm-bandwidth-{device_slug(dev)}"
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    lines = [f"**per-SM bandwidth probe** on {dev}: GB/s per SM (bytes read + written), blocks of 512 threads", "",
+    return rows
+
+
+def write_reports(doc: dict, stem: Path) -> str:
+    """<stem>.md (table) and <stem>.png (GB/s per SM against blocks); returns the table."""
+    rows = doc["rows"]
+
+    def per_sm(kind, u, b):
+        return next(r["GB_s_per_sm"] for r in rows if r["kind"] == kind and r["in_flight_per_thread"] == u
+                    and r["blocks"] == b)
+
+    lines = [f"**per-SM bandwidth probe** on {doc['device']} (commit {doc['commit']}): GB/s per SM (bytes read + "
+             "written), blocks of 512 threads", "",
              "| kind | loads in flight / thread | KB in flight / SM | " + " | ".join(f"{b} blocks" for b in BLOCKS) + " |",
              "|---|---:|---:|" + "---:|" * len(BLOCKS)]
     for kind in ("read", "copy"):
         for u in UNROLLS:
-            cells = [next(r["GB_s_per_sm"] for r in rows if r["kind"] == kind and r["in_flight_per_thread"] == u
-                          and r["blocks"] == b) for b in BLOCKS]
+            cells = [per_sm(kind, u, b) for b in BLOCKS]
             lines.append(f"| {kind} | {u} | {512 * u * 16 // 1024} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(table)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return table
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for kind, style in (("read", ":"), ("copy", "-")):
+        for u in UNROLLS:
+            ax.plot(BLOCKS, [per_sm(kind, u, b) for b in BLOCKS], style, marker="o",
+                    label=f"{kind}, {512 * u * 16 // 1024} KB in flight / SM")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("blocks (one per SM)")
+    ax.set_ylabel("GB/s per SM")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.set_title(f"what one SM moves through HBM, {doc['device']}, commit {doc['commit']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench")
+    ap.add_argument("--replot", metavar="JSON", help="rewrite the .md and .png of an earlier run's JSON, no GPU")
+    args = ap.parse_args(argv)
+    if args.replot:
+        print(write_reports(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix("")))
+        return 0
+    import cupy as cp
+
+    rows = measure()
+    dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    doc = {"device": dev, "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
+    stem = Path(args.out) / f"sm-bandwidth-{device_slug(dev)}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    print(write_reports(doc, stem))
     return 0
 
 
