@@ -1,6 +1,6 @@
 """The fused collective in a CuPy program: CuPy arrays, CuPy streams, no torch in the user's code.
 
-    torchrun --nproc-per-node=N examples/cupy_pipeline.py
+    torchrun --nproc-per-node=N examples/cupy_pipeline.py     (the repository root on PYTHONPATH)
 
 Each rank holds a row-parallel slice of a projection: ``x_r [T, K] @ w_r [K, H]``, so the layer's
 output is the sum over ranks, which ``fused_allreduce_rmsnorm`` forms while adding the residual and
@@ -15,8 +15,6 @@ import os
 import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 HIDDEN, K = 1024, 512
 CHUNK_ROWS = (96, 1, 37, 128)
@@ -98,6 +96,7 @@ def main() -> int:
     import torch.distributed as dist
 
     import weave_nvshmem as wn
+    from weave_nvshmem.bench import agreement
 
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", "29519")):
@@ -110,9 +109,7 @@ def main() -> int:
     comm = wn.Communicator()
     try:
         results = pipeline(comm, rank, world)
-        flag = torch.tensor([int(all(r["ok"] for r in results))], device="cuda")
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        ok = bool(flag.item())
+        ok = agreement.all_true(all(r["ok"] for r in results))
         if rank == 0:
             for i, r in enumerate(results):
                 print(f"chunk {i} ({r['rows']} rows): out rel err {r['out_rel_err']:.2e}, "

@@ -1,24 +1,13 @@
-"""A Llama-style tensor-parallel decoder with TokenWeave overlap, in four communication modes.
+"""The TP Llama example's command line: the correctness check of every mode, and the layer benchmark.
 
-Modes (same weights, same inputs):
-  nccl    : torch.distributed all-reduce, then torch add + RMSNorm
-  fused   : weave_nvshmem.fused_allreduce_rmsnorm, no split
-  weave   : the batch split in two (overlap planner), each half's fused collective on a side stream
-            beside the other half's GEMMs
-  no_comm : the all-reduces removed (add + RMSNorm only): the bound weave aims at
+The model (modes nccl / fused / weave / no_comm, replicated or sharded residual) is in
+``examples.llama``; the benchmark in ``examples.bench_layer``. The import graph is one-way:
+tp_llama -> bench_layer -> llama. Run from the repository root (or with it on PYTHONPATH), one
+process per GPU:
 
-The norms are moved into the collectives: after attention, all-reduce + residual add + post-attention
-RMSNorm; after the MLP, all-reduce + residual add + the *next* layer's input RMSNorm (the final norm
-after the last layer). Weights are random, column-parallel (qkv, gate_up) and row-parallel (o_proj,
-down) per rank.
-
-Residual (fused and weave): "replicated" keeps every row on every rank; "sharded", as in TokenWeave,
-keeps only this rank's rows of each fused call's tensor (``owned_rows``), so weave's two halves, being
-separate calls, are each sharded within themselves. The normed output is replicated either way.
-
-Run, one process per GPU:
   torchrun --nproc-per-node=N examples/tp_llama.py check [--out DIR]    # every mode vs nccl, graphs
   torchrun --nproc-per-node=N examples/tp_llama.py bench --out bench/ [--quick] [--budget-s N]
+  torchrun --nproc-per-node=1 examples/tp_llama.py bench --modes nccl no_comm   # one GPU, no NVSHMEM
 """
 from __future__ import annotations
 
@@ -28,219 +17,20 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from examples import bench_layer
+from examples.llama import CONFIGS, RESIDUAL_MODES, SMALL, Collective, TPModel  # noqa: F401 - SMALL: tests/gpu
+from weave_nvshmem.bench import agreement, provenance
+from weave_nvshmem.bench.harness import err_text
 
-from weave_nvshmem.bench import _err, _git_commit, _slug, _versions  # noqa: E402
-from weave_nvshmem.overlap.schedule import TwoStreams  # noqa: E402
-
-MODES = ("nccl", "fused", "weave", "no_comm")
-RESIDUAL_MODES = ("replicated", "sharded")
 CHECK_TOKENS = (1, 3, 7, 1000, 2049)
 GRAPH_TOKENS = (7, 1000)
 #: bf16 tolerances vs nccl after the whole forward: normwise relative error, and the worst row's
 #: (catches a few wrong rows, which a normwise figure averages away)
 CHECK_TOL, CHECK_ROW_TOL = 3e-2, 6e-2
-
-
-@dataclass(frozen=True)
-class LlamaConfig:
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    layers: int = 2
-    head_dim: int = 128
-    eps: float = 1e-5
-    rope_theta: float = 500000.0
-
-
-LLAMA3_70B = LlamaConfig(hidden=8192, intermediate=28672, heads=64, kv_heads=8)
-QWEN25_72B = LlamaConfig(hidden=8192, intermediate=29568, heads=64, kv_heads=8, eps=1e-6, rope_theta=1e6)
-SMALL = LlamaConfig(hidden=4096, intermediate=8192, heads=32, kv_heads=8)
-CONFIGS = {"llama3-70b": LLAMA3_70B, "qwen2.5-72b": QWEN25_72B, "small": SMALL}
-
-
-def rms_norm(x, w, eps):
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
-
-
-class Collective:
-    """The layer's communication: ``fused(x, residual, w) -> (normed, residual)`` per mode.
-
-    ``ctas``: CTAs of the fused op (None: its own choice); ``residual_mode``: see the module docstring
-    (sharded needs the fused op, so only modes fused and weave take it); ``gemm_out``: a symmetric
-    [max tokens, hidden] tensor (``weave_nvshmem.empty``, fused and weave modes) for the row-parallel
-    GEMMs' outputs."""
-
-    def __init__(self, mode: str, eps: float, comm=None, group=None, ctas=None, residual_mode: str = "replicated",
-                 gemm_out=None):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
-        if residual_mode not in RESIDUAL_MODES:
-            raise ValueError(f"residual_mode must be one of {RESIDUAL_MODES} (got {residual_mode!r})")
-        if residual_mode == "sharded" and mode not in ("fused", "weave"):
-            raise ValueError(f"residual_mode 'sharded' needs the fused collective (mode fused or weave, got {mode!r})")
-        self.mode, self.eps, self.comm, self.group, self.ctas = mode, eps, comm, group, ctas
-        self.residual_mode = residual_mode
-        self.gemm_out = gemm_out if mode in ("fused", "weave") else None
-
-    def gemm_target(self, start: int, n: int):
-        """Where the row-parallel GEMM (o_proj, down) of tokens [start, start+n) writes: rows of the
-        symmetric ``gemm_out`` (the fused op then reads them on the peers in place: zero copy), or
-        None (a new tensor)."""
-        return None if self.gemm_out is None else self.gemm_out[start:start + n]
-
-    def fused(self, x, residual, w):
-        if self.mode in ("fused", "weave"):
-            return self.comm.fused_allreduce_rmsnorm(x, residual, w, self.eps, ctas=self.ctas,
-                                                     residual_mode=self.residual_mode)
-        if self.mode == "nccl" and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(x, group=self.group)
-        s = x + residual
-        return rms_norm(s, w, self.eps), s
-
-
-def _row_parallel(x, w, out=None):
-    """``x @ w.T`` (a row-parallel GEMM: its output is this rank's partial sum), into ``out`` if given."""
-    return x @ w.t() if out is None else torch.matmul(x, w.t(), out=out)
-
-
-def _causal(lq: int, lk: int, device) -> dict:
-    """SDPA arguments for queries at the last ``lq`` of ``lk`` positions (lower-right causal), in a
-    form torch sends to its flash/efficient kernels; an explicit mask only on torch without it."""
-    if lq == lk:
-        return {"is_causal": True}
-    try:
-        from torch.nn.attention.bias import causal_lower_right
-    except ImportError:
-        mask = torch.arange(lk, device=device)[None, :] <= torch.arange(lk - lq, lk, device=device)[:, None]
-        return {"attn_mask": mask}
-    return {"attn_mask": causal_lower_right(lq, lk)}
-
-
-class TPModel:
-    """``world``/``rank`` shard the weights; one rank's shard is built from ``seed`` + rank, the norm
-    weights from ``seed`` alone."""
-
-    def __init__(self, cfg: LlamaConfig, world: int, rank: int, device, dtype=torch.bfloat16, seed: int = 0):
-        if cfg.heads % world or cfg.intermediate % world:
-            raise ValueError(f"heads and intermediate must divide by world size {world}")
-        self.cfg, self.world, self.rank, self.dtype, self.device = cfg, world, rank, dtype, torch.device(device)
-        self.nh = cfg.heads // world
-        self.nkv = max(1, cfg.kv_heads // world)
-        # generated on the device (70B-size layers); the norm weights are replicated, as in TP, so
-        # every rank normalises a row alike (a sharded residual has each row normalised by its owner)
-        g = torch.Generator(device=self.device).manual_seed(seed * 1009 + rank)
-        g_norm = torch.Generator(device=self.device).manual_seed(seed * 1009 + 1_000_003)
-
-        def w(*shape, scale, gen=g):
-            return (torch.randn(*shape, generator=gen, device=self.device) * scale).to(dtype)
-
-        def norm(h):
-            return 1 + w(h, scale=0.1, gen=g_norm)
-
-        h, d, i = cfg.hidden, cfg.head_dim, cfg.intermediate // world
-        self.layers = [dict(qkv=w((self.nh + 2 * self.nkv) * d, h, scale=h ** -0.5),
-                            o=w(h, self.nh * d, scale=(cfg.heads * d) ** -0.5),
-                            gate_up=w(2 * i, h, scale=h ** -0.5),
-                            down=w(h, i, scale=cfg.intermediate ** -0.5),
-                            in_norm=norm(h), post_norm=norm(h))
-                       for _ in range(cfg.layers)]
-        self.final_norm = norm(h)
-
-    # ---- pieces ---------------------------------------------------------------------------
-    def _rope(self, x, pos):
-        d = x.shape[-1]
-        inv = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-        ang = pos.float()[:, None] * inv[None, :]
-        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
-        x1, x2 = x.float().chunk(2, -1)
-        rot = torch.cat([-x2, x1], -1)
-        return (x.float() * cos[:, None, :] + rot * sin[:, None, :]).to(x.dtype)
-
-    def _qkv(self, layer, h, start):
-        d = self.cfg.head_dim
-        qkv = h @ layer["qkv"].t()
-        q, k, v = qkv.split([self.nh * d, self.nkv * d, self.nkv * d], -1)
-        pos = torch.arange(start, start + h.shape[0], device=h.device)
-        q = self._rope(q.view(-1, self.nh, d), pos)
-        k = self._rope(k.view(-1, self.nkv, d), pos)
-        return q, k, v.view(-1, self.nkv, d)
-
-    def _attend(self, layer, q, k, v, out=None):
-        """Causal attention of queries at the last len(q) of the len(k) key positions."""
-        rep = self.nh // self.nkv
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, len, d]: fused kernels
-        o = F.scaled_dot_product_attention(q4, k4, v4, scale=1 / math.sqrt(self.cfg.head_dim),
-                                           **_causal(q.shape[0], k.shape[0], q.device))
-        return _row_parallel(o[0].transpose(0, 1).reshape(q.shape[0], -1), layer["o"], out)
-
-    def _mlp(self, layer, h, out=None):
-        gate, up = (h @ layer["gate_up"].t()).chunk(2, -1)
-        return _row_parallel(F.silu(gate) * up, layer["down"], out)
-
-    def _next_norm(self, li):
-        return self.layers[li + 1]["in_norm"] if li + 1 < len(self.layers) else self.final_norm
-
-    # ---- forward --------------------------------------------------------------------------
-    def forward(self, x, coll: Collective, split: int = 0):
-        """``x``: [T, hidden] embedding output (replicated). Returns the final-normed hidden [T, hidden]
-        (replicated in every mode and residual mode).
-
-        ``split`` (weave mode only): first subset = tokens [0, split); 0 or T means no split.
-        """
-        T = x.shape[0]
-        residual = x.clone()
-        h = rms_norm(x, self.layers[0]["in_norm"], self.cfg.eps)
-        if coll.mode != "weave" or not 0 < split < T:
-            out = coll.gemm_target(0, T)
-            for li, layer in enumerate(self.layers):
-                q, k, v = self._qkv(layer, h, 0)
-                h, residual = coll.fused(self._attend(layer, q, k, v, out), residual, layer["post_norm"])
-                h, residual = coll.fused(self._mlp(layer, h, out), residual, self._next_norm(li))
-            return h
-        return self._woven(h, residual, coll, split)
-
-    def _woven(self, h, residual, coll, a):
-        """Two subsets A=[0,a), B=[a,T): each collective of one runs on the side stream beside the
-        other's GEMMs. B's queries attend to A's keys too, so attention(B) follows qkv(A).
-        A sharded residual stays sharded per subset: rA and rB are the tensors of separate calls."""
-        st = TwoStreams(h.device)
-
-        def on_side(x, r, w):
-            """The fused collective of ``x`` on the side stream; (normed, residual, ready event)."""
-            st.side_waits_main(x)
-            with st.side():
-                hx, r = coll.fused(x, r, w)
-            return hx, r, st.record_side(hx)
-
-        hA, hB = h[:a], h[a:]
-        rA, rB = residual[:a], residual[a:]
-        outA, outB = coll.gemm_target(0, a), coll.gemm_target(a, h.shape[0] - a)  # disjoint rows
-        readyA = readyB = None  # events: this layer's inputs of A and B are ready
-        for li, layer in enumerate(self.layers):
-            st.main_waits(readyA)
-            qA, kA, vA = self._qkv(layer, hA, 0)
-            hA, rA, attnA = on_side(self._attend(layer, qA, kA, vA, outA), rA, layer["post_norm"])
-            st.main_waits(readyB)
-            qB, kB, vB = self._qkv(layer, hB, a)
-            oB = self._attend(layer, qB, torch.cat([kA, kB]), torch.cat([vA, vB]), outB)
-            hB, rB, attnB = on_side(oB, rB, layer["post_norm"])
-            st.main_waits(attnA)
-            hA, rA, readyA = on_side(self._mlp(layer, hA, outA), rA, self._next_norm(li))
-            st.main_waits(attnB)
-            hB, rB, readyB = on_side(self._mlp(layer, hB, outB), rB, self._next_norm(li))
-        st.main_waits(readyA)
-        st.main_waits(readyB)
-        return torch.cat([hA, hB])
 
 
 # ---- check: every mode against nccl ------------------------------------------------------------
@@ -263,30 +53,6 @@ def errors(out, ref) -> tuple[float, float]:
         return math.inf, math.inf
     diff, norm = (o - r).norm(dim=-1), r.norm(dim=-1)
     return (diff.norm() / norm.norm()).item(), (diff / norm.clamp_min(1e-30)).max().item()
-
-
-def _agree(err):
-    """Every rank's error text -> the first one, prefixed by its rank (None when all succeeded)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return err
-    got = [None] * dist.get_world_size()
-    dist.all_gather_object(got, err)
-    return next((f"rank {r}: {e}" for r, e in enumerate(got) if e), None)
-
-
-def _same_on_ranks(t) -> bool:
-    """``t`` holds the same bits on every rank (collective)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return True
-    ref = t.clone()
-    dist.broadcast(ref, 0)
-    flag = torch.tensor([int(torch.equal(t, ref))], device=t.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 def _input(model, tokens: int):
@@ -321,11 +87,11 @@ def check_modes(model, comm, tokens_list=CHECK_TOKENS, *, ctas=8, tol=CHECK_TOL,
                 out = model.forward(x, coll, split)
                 comm.synchronize()
             except Exception as exc:  # noqa: BLE001 - recorded in the row, agreed by all ranks
-                err = _err(exc)
-            row["error"] = _agree(err)
+                err = err_text(exc)
+            row["error"] = agreement.first_error(err)
             if row["error"] is None:
                 row["rel_err"], row["max_row_rel_err"] = errors(out, ref)
-                row["replicated"] = _same_on_ranks(out)
+                row["replicated"] = agreement.same_on_ranks(out)
                 row["ok"] = row["rel_err"] <= tol and row["max_row_rel_err"] <= row_tol and row["replicated"]
             else:
                 row["ok"] = False
@@ -374,8 +140,8 @@ def check_graph(model, comm, tokens: int, split: int, residual_mode: str, *, cta
             try:
                 fn()
             except Exception as exc:  # noqa: BLE001 - recorded in the row, agreed by all ranks
-                err = f"{stage}: {_err(exc)}"
-            row["error"] = _agree(err)
+                err = f"{stage}: {err_text(exc)}"
+            row["error"] = agreement.first_error(err)
             if row["error"]:
                 row["ok"] = False
                 return row
@@ -437,18 +203,14 @@ def check(args) -> int:
                 graphs.append(check_graph(model, comm, tokens, odd_split(tokens), rm, gemm_out=gemm_out, **opts))
                 if log:
                     log(_describe(graphs[-1]))
-        flag = torch.tensor([int(all(r["ok"] for r in rows + graphs))], device="cuda")
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        ok = bool(flag.item())
+        ok = agreement.all_true(all(r["ok"] for r in rows + graphs))
         if rank == 0:
-            name = torch.cuda.get_device_name(local)
-            doc = {"schema": "weave_nvshmem.tp_llama_check/1", "device": name, "world_size": world,
-                   "git_commit": _git_commit(), "versions": _versions(), "config": dataclasses.asdict(cfg),
-                   "weave_ctas": args.ctas, "tol": args.tol, "row_tol": args.row_tol, "ok": ok,
-                   "cases": rows, "graphs": graphs}
+            doc = provenance.describe("tp_llama-check", torch.cuda.get_device_name(local), world)
+            doc.update(schema="weave_nvshmem.tp_llama_check/1", config=dataclasses.asdict(cfg), weave_ctas=args.ctas,
+                       tol=args.tol, row_tol=args.row_tol, ok=ok, cases=rows, graphs=graphs)
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            path = out / f"tp_llama-check-{_slug(name)}-w{world}.json"
+            path = out / f"tp_llama-check-{doc['device_slug']}-w{world}.json"
             path.write_text(json.dumps(doc, indent=1) + "\n")
             print(f"{'PASS' if ok else 'FAIL'}: {sum(not r['ok'] for r in rows + graphs)} of {len(rows + graphs)} "
                   f"checks failed; wrote {path}", flush=True)
@@ -462,8 +224,7 @@ def check(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    import bench_layer
-
+    """The example's command line: ``check`` and ``bench`` (the layer benchmark's own options)."""
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node=N examples/tp_llama.py",
                                 description="TP Llama decoder with TokenWeave overlap: correctness check of every "
                                             "mode against nccl, or the end-to-end layer benchmark.",
@@ -486,12 +247,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """``check`` or ``bench``; the exit status."""
     args = parser().parse_args(argv)
-    if args.command == "check":
-        return check(args)
-    import bench_layer
-
-    return bench_layer.run(args)
+    return check(args) if args.command == "check" else bench_layer.run(args)
 
 
 if __name__ == "__main__":

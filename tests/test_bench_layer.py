@@ -1,18 +1,19 @@
-"""The layer benchmark's host side (examples/bench_layer.py): settings, SplitTuner wiring, and the
-JSON / markdown / PNG writers on synthetic rows."""
+"""The layer benchmark's host side (examples/bench_layer.py): settings, SplitTuner wiring, the
+JSON / markdown / PNG writers on synthetic rows, and that every mode's norm is the shared fused
+baseline (never an unfused chain)."""
 import importlib.util
+import inspect
 import json
 import os
 import sys
 
 import pytest
 
-pytest.importorskip("torch")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+torch = pytest.importorskip("torch")
 
-import bench_layer  # noqa: E402
-import tp_llama  # noqa: E402
-
+from examples import bench_layer, llama, tp_llama  # noqa: E402
+from weave_nvshmem.bench import baselines  # noqa: E402
+from weave_nvshmem.bench.suites import fused as fused_suite  # noqa: E402
 from weave_nvshmem.overlap import Candidate, LayerShape, SplitTuner, candidates  # noqa: E402
 
 
@@ -66,13 +67,14 @@ def _doc():
     for tokens, modes in us.items():
         for mode, u in modes.items():
             row = {"tokens": tokens, "mode": mode, "layers": 2, "hidden": 8192, "us": u, "us_max_rank": u * 1.01,
-                   "error": None, "us_per_layer": u / 2, "tokens_per_s_per_layer": tokens / (u / 2) * 1e6}
+                   "error": None, "us_per_layer": u / 2, "tokens_per_s_per_layer": tokens / (u / 2) * 1e6,
+                   "norm": {"residual": "inductor_formula" if tokens == 1 else "vllm", "first": "eager_rms_norm"}}
             if mode == "weave":
                 row["schedule"] = {"mode": "fused", "split": 0} if tokens == 1 else {"mode": "weave", "split": 683}
                 row["candidates"] = [{"mode": "fused", "split": 0, "us": 510.0, "error": None},
                                      {"mode": "weave", "split": 1024, "us": None, "error": "capture: rank 0: boom"}]
             rows.append(row)
-    for mode in tp_llama.MODES:
+    for mode in llama.MODES:
         rows.append({"tokens": 16384, "mode": mode, "layers": 2, "hidden": 8192, "us": None,
                      "error": "skipped: --budget-s exhausted"})
     settings = bench_layer.settings(_args())
@@ -99,6 +101,7 @@ def test_markdown_table():
     assert lines[head + 3] == ("| 2048 | 4500.0 | 4000.0 | 3000.0 | 2500.0 | split 683 | 1.50x | 1.12x | 1.20x "
                                "| 682.7k |")
     assert lines[head + 4].startswith("| 16384 | err | err | err | err | - | - | - | - | - |")
+    assert "shared fused norm by token count: 1: inductor_formula, 2048: vllm" in md
     assert "- weave at tokens [16384]: skipped: --budget-s exhausted" in md
     assert "- weave candidate split 1024 at tokens [1, 2048]: capture: rank 0: boom" in md
     assert "4x NVIDIA H200" in md and "0123456789" in md and "8 comm CTAs" in md
@@ -125,3 +128,77 @@ def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
     paths = bench_layer.write_outputs(_doc(), tmp_path)
     assert set(paths) == {"json", "md"}
     assert "matplotlib unavailable" in capsys.readouterr().err
+
+
+def test_settings_modes_subset_and_world1_label():
+    s = bench_layer.settings(_args("--modes", "no_comm", "nccl"))
+    assert s["modes"] == ["nccl", "no_comm"]  # table order, whatever the order given
+    doc = _doc()
+    doc["world_size"] = 1
+    assert "no-op" in bench_layer.markdown(doc)
+
+
+# ---- every mode's norm is the shared baseline -------------------------------------------------
+CFG = llama.LlamaConfig(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=2, head_dim=16)
+
+
+class _Identity:
+    """The fused op's contract at world 1, by the shared baseline (as the world-1 kernel computes)."""
+
+    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
+        return baselines.fused_add_rmsnorm(x, residual, weight, eps)
+
+
+@pytest.mark.parametrize("mode", llama.MODES)
+def test_each_mode_norms_with_the_shared_baseline(mode, monkeypatch):
+    """Spy on the shared instance's type: nccl / no_comm normalise every layer with it; fused and
+    weave hand the norm to the fused op and use the baseline only for the first norm."""
+    calls = []
+    real = baselines.FusedAddRMSNorm.__call__
+
+    def spy(self, x, residual, weight, eps):
+        calls.append((self is baselines.fused_add_rmsnorm, residual is None))
+        return real(self, x, residual, weight, eps)
+
+    monkeypatch.setattr(baselines.FusedAddRMSNorm, "__call__", spy)
+    coll = llama.Collective(mode, CFG.eps, comm=_Identity() if mode in ("fused", "weave") else None)
+    assert coll.norm is baselines.fused_add_rmsnorm
+    model = llama.TPModel(CFG, world=1, rank=0, device="cpu", dtype=torch.float32)
+    model.forward(torch.randn(5, CFG.hidden), coll, split=2 if mode == "weave" else 0)
+    assert all(shared for shared, _ in calls)
+    first = [c for c in calls if c[1]]
+    assert len(first) == 1  # the first layer's input norm
+    if mode in ("nccl", "no_comm"):
+        assert len(calls) == 1 + 2 * CFG.layers
+
+
+def test_microbenchmark_baselines_norm_with_the_shared_baseline(monkeypatch):
+    """The fused suite's baseline rows (NCCL / symm / ours all-reduce, then the norm; the norm
+    alone) all end in the shared fused norm."""
+    calls = []
+    monkeypatch.setattr(baselines.FusedAddRMSNorm, "__call__", lambda self, x, r, w, eps: calls.append(self) or (x, r))
+    monkeypatch.setattr(baselines, "symm_two_shot", lambda y, group_name: y)
+
+    class H:
+        group_name = "g"
+
+        class comm:
+            @staticmethod
+            def all_reduce(x, out=None):
+                return x
+
+    x = torch.randn(3, 8)
+    for v in fused_suite.NORMED:
+        fused_suite.baseline_fn(H, v)(x, x.clone(), torch.ones(8), 1e-6)
+    assert calls == [baselines.fused_add_rmsnorm] * len(fused_suite.NORMED)
+
+
+def test_no_mode_uses_an_unfused_chain():
+    """No benchmark mode or example computes an RMSNorm by hand: the only formula is the
+    Inductor-compiled candidate in baselines."""
+    from weave_nvshmem.bench.suites import fused, norm
+
+    for mod in (llama, tp_llama, bench_layer, fused, norm):
+        src = inspect.getsource(mod)
+        assert "rsqrt" not in src and ".pow(2)" not in src and "F.rms_norm" not in src, mod.__name__
+    assert not hasattr(tp_llama, "rms_norm") and not hasattr(llama, "rms_norm")

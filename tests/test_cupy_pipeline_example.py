@@ -1,13 +1,8 @@
 """examples/cupy_pipeline.py's host side: inputs reproducible per rank, and the float64 reference
 agrees with a float32 emulation of the pipeline within the example's tolerance."""
-import os
-import sys
-
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-
-import cupy_pipeline as cpp  # noqa: E402
+from examples import cupy_pipeline as cpp
 
 
 def test_inputs_reproducible_and_distinct_per_rank():

@@ -4,36 +4,33 @@ ranks, a sharded residual (emulated with the fused op's contract) gives the nccl
 import json
 import math
 import os
-import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
-import tp_llama  # noqa: E402
-
+from examples import llama, tp_llama  # noqa: E402
+from weave_nvshmem.bench.baselines import fused_add_rmsnorm  # noqa: E402
 from weave_nvshmem.collectives.plan import owned_rows  # noqa: E402
 
 
 class LocalComm:
-    """world = 1: the all-reduce is the identity; the fused op is add + RMSNorm, residual in place."""
+    """world = 1: the all-reduce is the identity; the fused op is add + RMSNorm (the shared baseline)."""
 
     def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
-        residual.add_(x)
-        return tp_llama.rms_norm(residual, weight, eps), residual
+        return fused_add_rmsnorm(x, residual, weight, eps)
 
 
-CFG = tp_llama.LlamaConfig(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=2, head_dim=16)
+CFG = llama.LlamaConfig(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=2, head_dim=16)
 
 
 @pytest.mark.parametrize("tokens,split", [(7, 3), (20, 1), (20, 19), (33, 16)])
 def test_woven_forward_equals_unsplit(tokens, split):
-    model = tp_llama.TPModel(CFG, world=1, rank=0, device="cpu", dtype=torch.float32)
+    model = llama.TPModel(CFG, world=1, rank=0, device="cpu", dtype=torch.float32)
     x = torch.randn(tokens, CFG.hidden, generator=torch.Generator().manual_seed(tokens))
-    ref = model.forward(x, tp_llama.Collective("nccl", CFG.eps))
-    fused = model.forward(x, tp_llama.Collective("fused", CFG.eps, comm=LocalComm()))
-    woven = model.forward(x, tp_llama.Collective("weave", CFG.eps, comm=LocalComm()), split=split)
+    ref = model.forward(x, llama.Collective("nccl", CFG.eps))
+    fused = model.forward(x, llama.Collective("fused", CFG.eps, comm=LocalComm()))
+    woven = model.forward(x, llama.Collective("weave", CFG.eps, comm=LocalComm()), split=split)
     assert woven.shape == ref.shape
     assert torch.allclose(fused, ref, rtol=1e-5, atol=1e-5)
     assert torch.allclose(woven, ref, rtol=1e-4, atol=1e-4)
@@ -42,23 +39,23 @@ def test_woven_forward_equals_unsplit(tokens, split):
 def test_attention_masks_agree():
     """The lower-right causal bias (what the woven B half uses) equals the explicit position mask."""
     q, k, v = (torch.randn(1, 4, n, 16, generator=torch.Generator().manual_seed(n)) for n in (5, 9, 9))
-    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, **tp_llama._causal(5, 9, "cpu"))
+    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, **llama._causal(5, 9, "cpu"))
     mask = torch.arange(9)[None, :] <= torch.arange(4, 9)[:, None]
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.allclose(got, ref, atol=1e-6)
-    assert tp_llama._causal(7, 7, "cpu") == {"is_causal": True}
+    assert llama._causal(7, 7, "cpu") == {"is_causal": True}
 
 
 def test_no_comm_and_bad_modes():
-    model = tp_llama.TPModel(CFG, world=1, rank=0, device="cpu", dtype=torch.float32)
+    model = llama.TPModel(CFG, world=1, rank=0, device="cpu", dtype=torch.float32)
     x = torch.randn(5, CFG.hidden)
-    assert torch.isfinite(model.forward(x, tp_llama.Collective("no_comm", CFG.eps))).all()
+    assert torch.isfinite(model.forward(x, llama.Collective("no_comm", CFG.eps))).all()
     with pytest.raises(ValueError, match="mode"):
-        tp_llama.Collective("gloo", CFG.eps)
+        llama.Collective("gloo", CFG.eps)
     with pytest.raises(ValueError, match="residual_mode"):
-        tp_llama.Collective("fused", CFG.eps, residual_mode="both")
+        llama.Collective("fused", CFG.eps, residual_mode="both")
     with pytest.raises(ValueError, match="sharded"):
-        tp_llama.Collective("nccl", CFG.eps, residual_mode="sharded")
+        llama.Collective("nccl", CFG.eps, residual_mode="sharded")
 
 
 def test_check_cases_cover_odd_splits_and_both_residual_modes():
@@ -66,7 +63,7 @@ def test_check_cases_cover_odd_splits_and_both_residual_modes():
     for tokens in tp_llama.CHECK_TOKENS:
         cases = tp_llama.check_cases(tokens, planned=1024 if tokens > 2048 else 0)
         assert {(m, rm) for m, rm, _ in cases} == {(m, rm) for m in ("fused", "weave")
-                                                    for rm in tp_llama.RESIDUAL_MODES}
+                                                    for rm in llama.RESIDUAL_MODES}
         splits = {s for m, _, s in cases if m == "weave"}
         assert all(0 < s < tokens for s in splits) or (tokens == 1 and splits == {0})
         if tokens > 1:
@@ -117,13 +114,12 @@ class GlooComm:
         s = x.clone()
         dist.all_reduce(s)
         if residual_mode == "replicated":
-            residual.add_(s)
-            return tp_llama.rms_norm(residual, weight, eps), residual
+            return fused_add_rmsnorm(s, residual, weight, eps)
         mine = owned_rows(x.shape[0], self.rank, self.world)
         mine = slice(mine.start, mine.stop)
         out = torch.zeros_like(x)
         kept = residual[mine] + s[mine]
-        out[mine] = tp_llama.rms_norm(kept, weight, eps)
+        out[mine] = fused_add_rmsnorm(kept, None, weight, eps)[0]
         dist.all_reduce(out)  # each row is non-zero on its owner only: the sum gathers the rows exactly
         residual.fill_(float("nan"))
         residual[mine] = kept
@@ -131,7 +127,7 @@ class GlooComm:
 
 
 GLOO_WORLD = 3
-GLOO_CFG = tp_llama.LlamaConfig(hidden=64, intermediate=192, heads=6, kv_heads=3, layers=2, head_dim=16)
+GLOO_CFG = llama.LlamaConfig(hidden=64, intermediate=192, heads=6, kv_heads=3, layers=2, head_dim=16)
 GLOO_TOKENS = (1, 2, 3, 7, 20, 33)
 
 
@@ -141,14 +137,14 @@ def _gloo_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = tp_llama.TPModel(GLOO_CFG, world, rank, "cpu", dtype=torch.float32)
+        model = llama.TPModel(GLOO_CFG, world, rank, "cpu", dtype=torch.float32)
         comm = GlooComm(rank, world)
         rows = []
         for tokens in GLOO_TOKENS:
             x = torch.randn(tokens, GLOO_CFG.hidden, generator=torch.Generator().manual_seed(tokens))
-            ref = model.forward(x, tp_llama.Collective("nccl", GLOO_CFG.eps))
+            ref = model.forward(x, llama.Collective("nccl", GLOO_CFG.eps))
             for mode, rm, split in tp_llama.check_cases(tokens):
-                out = model.forward(x, tp_llama.Collective(mode, GLOO_CFG.eps, comm=comm, residual_mode=rm), split)
+                out = model.forward(x, llama.Collective(mode, GLOO_CFG.eps, comm=comm, residual_mode=rm), split)
                 rows.append({"tokens": tokens, "mode": mode, "residual_mode": rm, "split": split,
                              "errors": tp_llama.errors(out, ref), "out": out.tolist()})
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
@@ -165,7 +161,7 @@ def test_sharded_residual_on_gloo_ranks_equals_nccl(tmp_path):
     mp.spawn(_gloo_worker, args=(GLOO_WORLD, str(tmp_path / "init"), str(tmp_path)), nprocs=GLOO_WORLD, join=True)
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(GLOO_WORLD)]
     assert {(r["mode"], r["residual_mode"]) for r in ranks[0]} == {
-        (m, rm) for m in ("fused", "weave") for rm in tp_llama.RESIDUAL_MODES}
+        (m, rm) for m in ("fused", "weave") for rm in llama.RESIDUAL_MODES}
     for rows in zip(*ranks):
         what = {k: rows[0][k] for k in ("tokens", "mode", "residual_mode", "split")}
         for r in rows:
