@@ -6,15 +6,19 @@ kernel (CuPy RawKernel, diagnostic only: the library's kernels are PTX) on 1-8 b
 threads with 4-16 independent 16-byte loads in flight per thread, over 1 GiB (beyond L2).
 
     python scripts/sm_bandwidth_probe.py [--out DIR]    -> sm-bandwidth-<device>.{json,md,png}
+    python scripts/sm_bandwidth_probe.py --replot bench/sm-bandwidth-nvidia-h200.json   # no GPU
+
+Each kernel over 64 MB-1 GiB is timed between CuPy events (median of 5): a probe of raw kernels,
+not a collective, so it needs no CUDA graph; its document and files go through the benchmarks'
+public provenance and report modules.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from weave_nvshmem.collectives.plan import device_slug
+from weave_nvshmem.bench import provenance, report
 
 SRC = r"""
 template <int U>
@@ -98,45 +102,44 @@ def measure() -> list:
     return rows
 
 
-def write_reports(doc: dict, stem: Path) -> str:
-    """<stem>.md (table) and <stem>.png (GB/s per SM against blocks); returns the table."""
-    rows = doc["rows"]
+def _per_sm(doc, kind, u, b):
+    return next(r["GB_s_per_sm"] for r in doc["rows"] if r["kind"] == kind and r["in_flight_per_thread"] == u
+                and r["blocks"] == b)
 
-    def per_sm(kind, u, b):
-        return next(r["GB_s_per_sm"] for r in rows if r["kind"] == kind and r["in_flight_per_thread"] == u
-                    and r["blocks"] == b)
 
-    lines = [f"**per-SM bandwidth probe** on {doc['device']} (commit {doc['commit']}): GB/s per SM (bytes read + "
-             "written), blocks of 512 threads", "",
+def markdown(doc: dict) -> str:
+    """GB/s per SM by kind, loads in flight per thread and blocks."""
+    lines = [f"**per-SM bandwidth probe** on {doc['device']} (commit {report.commit_of(doc)}): GB/s per SM (bytes "
+             "read + written), blocks of 512 threads", "",
              "| kind | loads in flight / thread | KB in flight / SM | " + " | ".join(f"{b} blocks" for b in BLOCKS) + " |",
              "|---|---:|---:|" + "---:|" * len(BLOCKS)]
     for kind in ("read", "copy"):
         for u in UNROLLS:
-            cells = [per_sm(kind, u, b) for b in BLOCKS]
+            cells = [_per_sm(doc, kind, u, b) for b in BLOCKS]
             lines.append(f"| {kind} | {u} | {512 * u * 16 // 1024} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    table = "\n".join(lines) + "\n"
-    stem.with_suffix(".md").write_text(table)
-    try:
-        import matplotlib
+    return "\n".join(lines) + "\n"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return table
+
+def plot(doc: dict, path) -> str | None:
+    """PNG: GB/s per SM against blocks, per kind and loads in flight."""
+    if (mpl := report.pyplot()) is None:
+        return None
+    plt, _ = mpl
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for kind, style in (("read", ":"), ("copy", "-")):
         for u in UNROLLS:
-            ax.plot(BLOCKS, [per_sm(kind, u, b) for b in BLOCKS], style, marker="o",
+            ax.plot(BLOCKS, [_per_sm(doc, kind, u, b) for b in BLOCKS], style, marker="o",
                     label=f"{kind}, {512 * u * 16 // 1024} KB in flight / SM")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("blocks (one per SM)")
     ax.set_ylabel("GB/s per SM")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    ax.set_title(f"what one SM moves through HBM, {doc['device']}, commit {doc['commit']}", fontsize=8)
+    ax.set_title(f"what one SM moves through HBM, {doc['device']}, commit {report.commit_of(doc)}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=110)
-    return table
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def main(argv=None) -> int:
@@ -145,17 +148,17 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", metavar="JSON", help="rewrite the .md and .png of an earlier run's JSON, no GPU")
     args = ap.parse_args(argv)
     if args.replot:
-        print(write_reports(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix("")))
-        return 0
-    import cupy as cp
+        doc, out = report.load(args.replot), Path(args.replot).parent
+        doc.setdefault("stem", Path(args.replot).stem)
+    else:
+        import cupy as cp
 
-    rows = measure()
-    dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    doc = {"device": dev, "commit": os.environ.get("WEAVE_NVSHMEM_COMMIT", "unknown"), "rows": rows}
-    stem = Path(args.out) / f"sm-bandwidth-{device_slug(dev)}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    print(write_reports(doc, stem))
+        rows = measure()
+        doc = provenance.describe("sm-bandwidth", cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), 1)
+        doc.update(stem=f"sm-bandwidth-{doc['device_slug']}", rows=rows)
+        out = Path(args.out)
+    paths = report.write_outputs(doc, out, markdown=markdown, plot=plot)
+    print(Path(paths["md"]).read_text())
     return 0
 
 
