@@ -314,12 +314,8 @@ def plot(doc: dict, path) -> str | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     note = report.scope_note(doc)
-    fig.suptitle(f"TP Llama layer: {doc['world_size']}x {doc['device']} ({report.commit_of(doc)})"
-                 + (f"\n{note}" if note else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return report.save_figure(plt, fig, path, f"TP Llama layer: {doc['world_size']}x {doc['device']} "
+                                              f"({report.commit_of(doc)})" + (f"\n{note}" if note else ""))
 
 
 def write_outputs(doc: dict, out_dir, plotted: bool = True) -> dict:

@@ -138,12 +138,8 @@ def plot(doc: dict, path) -> str | None:
         ax.axhline(0.9, color="grey", lw=0.5, ls=":")
     axes[0][0].set_ylabel("fraction of the best time")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"emulated ranks on one {doc['device']} (shared HBM: ratios, not link figures), commit "
-                 f"{report.commit_of(doc)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return report.save_figure(plt, fig, path, f"emulated ranks on one {doc['device']} (shared HBM: ratios, not link "
+                                              f"figures), commit {report.commit_of(doc)}", dpi=110)
 
 
 def main(argv=None) -> int:

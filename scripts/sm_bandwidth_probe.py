@@ -135,11 +135,8 @@ def plot(doc: dict, path) -> str | None:
     ax.set_ylabel("GB/s per SM")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    ax.set_title(f"what one SM moves through HBM, {doc['device']}, commit {report.commit_of(doc)}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return report.save_figure(plt, fig, path, f"what one SM moves through HBM, {doc['device']}, commit "
+                                              f"{report.commit_of(doc)}", dpi=110)
 
 
 def main(argv=None) -> int:

@@ -355,7 +355,6 @@ class Harness:
         for stage, fn in (("warm-up", warm_up), ("capture", capture)):
             err = self.attempt(stage, fn)
             if err:
-                graph.reset()
                 res["error"] = err
                 return res
         times, err = [], None

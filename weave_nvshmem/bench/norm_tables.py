@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import baselines
-from .report import commit_of, fmt_ratio, fmt_us, pyplot
+from .report import commit_of, fmt_ratio, fmt_us, pyplot, save_figure
 from .variants import NORM_TARGET
 
 
@@ -120,8 +120,4 @@ def plot(doc: dict, path) -> str | None:
         ax.set_title(f"{dt}, residual given")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"fused add + RMSNorm at world 1, {doc['device']} ({commit_of(doc)})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save_figure(plt, fig, path, f"fused add + RMSNorm at world 1, {doc['device']} ({commit_of(doc)})")

@@ -56,6 +56,15 @@ def pyplot():
     return plt, FuncFormatter
 
 
+def save_figure(plt, fig, path, title: str, dpi: int = 120) -> str:
+    """Title ``fig``, write it to ``path`` and close it; returns the path."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return str(path)
+
+
 def stem(doc: dict) -> str:
     """File stem of a document: ``doc["stem"]``, else ``<name>-<device slug>-w<world>``."""
     return doc.get("stem") or f"{doc['name']}-{doc['device_slug']}-w{doc['world_size']}"
@@ -67,13 +76,14 @@ def renderers(name: str):
         from . import norm_tables as t
 
         return t.prepare, t.markdown, t.plot
-    if name == "tune":
-        from . import tables as t
-
-        return None, t.tune_markdown, None
     from . import tables as t
 
-    return t.prepare, t.markdown, t.plot
+    if name == "tune":
+        return None, t.tune_markdown, None
+    if name in t.OPS or name == "fused":
+        return t.prepare, t.markdown, t.plot
+    raise ValueError(f"report: no renderer for documents named {name!r} (the layer benchmark's: "
+                     "examples.bench_layer.write_outputs)")
 
 
 def write_outputs(doc: dict, out_dir, *, markdown=None, plot=None, plotted: bool = True) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import variants as reg
 from .harness import fmt_bytes
-from .report import commit_of, fmt_ratio, fmt_us, pyplot, scope_note
+from .report import commit_of, fmt_ratio, fmt_us, pyplot, save_figure, scope_note
 
 OPS = {"allreduce": "all_reduce", "reducescatter": "reduce_scatter", "allgather": "all_gather"}
 
@@ -181,12 +181,8 @@ def plot(doc: dict, path) -> str | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     note = scope_note(doc)
-    fig.suptitle(f"weave_nvshmem {name}: {doc['world_size']}x {doc['device']} ({commit_of(doc)})"
-                 + (f"\n{note}" if note else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save_figure(plt, fig, path, f"weave_nvshmem {name}: {doc['world_size']}x {doc['device']} "
+                                       f"({commit_of(doc)})" + (f"\n{note}" if note else ""))
 
 
 def tune_markdown(doc: dict) -> str:
