@@ -55,6 +55,9 @@ def add_arguments(p) -> None:
                    help="skip the remaining token counts after this many seconds (default 190 quick, 420 full; "
                         "0: no limit)")
     p.add_argument("--layers", type=int, default=2, help="decoder layers in the forward")
+    p.add_argument("--shard-of", type=int, default=None, metavar="N",
+                   help="time rank 0's shard of a TP=N model (default: the process world size); N other than the "
+                        "world size only with modes nccl and no_comm (one GPU: rank 0's compute, no link)")
     p.add_argument("--comm-ctas", type=int, default=8, help="CTAs of weave's fused collectives")
     p.add_argument("--residual", choices=RESIDUAL_MODES, default="replicated",
                    help="residual mode of the fused and weave forwards")
@@ -73,7 +76,7 @@ def settings(args) -> dict:
         "quick": quick, "dtype": "bfloat16", "config": dataclasses.asdict(cfg), "layers": cfg.layers,
         "tokens": list(args.tokens or (TOKENS_QUICK if quick else TOKENS_FULL)),
         "modes": [m for m in MODES if m in args.modes],
-        "comm_ctas": args.comm_ctas, "residual_mode": args.residual,
+        "comm_ctas": args.comm_ctas, "residual_mode": args.residual, "shard_of": args.shard_of,
         "warmup": 2, "replays": replays, "tune_replays": max(3, replays // 3),
         "budget_s": args.budget_s, "timeout_s": args.timeout_s,
         "graphs": "one CUDA graph per (mode, tokens) of graph_calls(tokens) whole forwards (4 up to 1024 tokens, "
@@ -194,10 +197,14 @@ def bench_layers(h, s, rows: list, after_size=None) -> None:
     """Every token count of ``s`` into ``rows`` (appended as they finish, kept if a later one raises);
     ``after_size()`` runs after each token count."""
     cfg = LlamaConfig(**s["config"])
-    model, err = allocate(h, lambda: TPModel(cfg, h.world, h.rank, h.device))
+    tp = s.get("shard_of") or h.world
+    if tp != h.world and any(m in OURS for m in s["modes"]):
+        raise ValueError(f"bench: --shard-of {tp} differs from the world size {h.world}; only modes nccl and no_comm "
+                         f"can time another TP degree's shard (got modes {s['modes']})")
+    model, err = allocate(h, lambda: TPModel(cfg, tp, h.rank if tp == h.world else 0, h.device))
     if err:
         raise RuntimeError(f"building the model failed: {err}")
-    shape = LayerShape(cfg.hidden, cfg.intermediate, cfg.heads, cfg.kv_heads, h.world, cfg.head_dim)
+    shape = LayerShape(cfg.hidden, cfg.intermediate, cfg.heads, cfg.kv_heads, tp, cfg.head_dim)
     with tempfile.TemporaryDirectory() as tmp:  # an empty tuner cache: every candidate is timed in this run
         tuner = SplitTuner(h.device_name, path=Path(tmp) / "splits.json", broadcast=h.rank0, rank=h.rank)
         for tokens in s["tokens"]:
@@ -247,9 +254,11 @@ def markdown(doc: dict) -> str:
     rat = {x["tokens"]: x for x in doc.get("ratios") or ratios(rows)}
     note = report.scope_note(doc)
     norms = {r["tokens"]: r["norm"]["residual"] for r in rows if r.get("norm")}
+    tp = s.get("shard_of")
+    shard = f" (rank 0's shard of TP={tp})" if tp and tp != doc["world_size"] else ""
     lines = [f"**TP Llama decoder layer** (hidden {cfg['hidden']}, intermediate {cfg['intermediate']}, "
              f"{cfg['heads']} heads, {cfg['kv_heads']} kv heads; {s['layers']} random bf16 layer(s)) on "
-             f"{doc['world_size']}x {doc['device']}, commit {report.commit_of(doc)}: median us per "
+             f"{doc['world_size']}x {doc['device']}{shard}, commit {report.commit_of(doc)}: median us per "
              f"layer, whole forward in one CUDA graph (rank 0); weave = SplitTuner's schedule with "
              f"{s['comm_ctas']} comm CTAs; {s['residual_mode']} residual"
              f"{'; fused/weave GEMMs write to symmetric memory (zero copy)' if s.get('zero_copy') else ''}"

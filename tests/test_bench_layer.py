@@ -131,11 +131,13 @@ def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
 
 
 def test_settings_modes_subset_and_world1_label():
-    s = bench_layer.settings(_args("--modes", "no_comm", "nccl"))
-    assert s["modes"] == ["nccl", "no_comm"]  # table order, whatever the order given
+    s = bench_layer.settings(_args("--modes", "no_comm", "nccl", "--shard-of", "4"))
+    assert s["modes"] == ["nccl", "no_comm"] and s["shard_of"] == 4  # table order, whatever the order given
     doc = _doc()
     doc["world_size"] = 1
-    assert "no-op" in bench_layer.markdown(doc)
+    doc["settings"]["shard_of"] = 4
+    md = bench_layer.markdown(doc)
+    assert "no-op" in md and "1x NVIDIA H200 (rank 0's shard of TP=4)" in md
 
 
 # ---- every mode's norm is the shared baseline -------------------------------------------------
