@@ -91,6 +91,16 @@ def test_include_with_overrides(tmp_path):
         "begin", "// part %r 2 1", "%r0", "%r1", "// part %v1 1 1", "%v10", "end"]
 
 
+def test_include_expressions_may_hold_spaces(tmp_path):
+    """An include argument runs to the next ``key=``: conditional expressions, ``==`` inside."""
+    (tmp_path / "p.ptxinc").write_text("${S}|${N}\n")
+    text = '//@include p.ptxinc S=("%r" if OCC else "%wt")+str(1) N=2 if OCC == 1 else 3'
+    assert lines(text, {"OCC": 1}, directory=tmp_path) == ["%r1|2"]
+    assert lines(text, {"OCC": 0}, directory=tmp_path) == ["%wt1|3"]
+    with pytest.raises(TemplateError, match="key=EXPR"):
+        render("//@include p.ptxinc stray S=1", {}, directory=tmp_path)
+
+
 def test_include_overrides_do_not_leak(tmp_path):
     (tmp_path / "p.ptxinc").write_text("${X}\n")
     assert lines("//@include p.ptxinc X=5\n${X}", {"X": 1}, directory=tmp_path) == ["5", "1"]

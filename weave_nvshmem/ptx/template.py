@@ -6,7 +6,8 @@ PTX has no macros worth using, so kernel files carry a few directives on comment
 - ``//@for NAME in EXPR`` ... ``//@endfor`` repeats its lines once per value;
 - ``//@if EXPR`` / ``//@elif EXPR`` / ``//@else`` / ``//@endif`` keeps one branch;
 - ``//@include FILE key=EXPR ...`` inserts another template (``*.ptxinc``) rendered with
-  the current parameters plus the given ones;
+  the current parameters plus the given ones (an EXPR runs to the next `` key=``, so it may hold
+  spaces: ``S=("%r" if OCC else "%w")+str(k)``);
 - ``//@set NAME = EXPR`` binds NAME for the rest of the enclosing block (a ``for`` body, say).
 
 Templates are our own files, so ``eval`` over the parameter dict is acceptable here.
@@ -18,6 +19,8 @@ from pathlib import Path
 
 _SUBST = re.compile(r"\$\{([^}]*)\}")
 _DIRECTIVE = re.compile(r"^\s*//@(\w+)\s*(.*?)\s*$")
+#: one ``key=EXPR`` of an include: EXPR ends where whitespace, a name and a single ``=`` follow
+_INCLUDE_ARG = re.compile(r"(\w+)=(?!=)(.*?)(?=\s+\w+=(?!=)|$)")
 
 
 class TemplateError(ValueError):
@@ -111,15 +114,15 @@ def _render_block(lines, pos, params, out, directory, name, stop):
             params[var.strip()] = _eval(expr, params, where)
             pos += 1
         elif word == "include":
-            parts = arg.split()
-            if not parts or directory is None:
+            file, rest = (arg.split(None, 1) + ["", ""])[:2]
+            if not file or directory is None:
                 raise TemplateError(f"{where}: //@include needs a file and a template directory")
+            if rest and not _INCLUDE_ARG.match(rest):
+                raise TemplateError(f"{where}: //@include arguments must be key=EXPR (got {rest!r})")
             inner = dict(params)
-            for kv in parts[1:]:
-                k, _, v = kv.partition("=")
+            for k, v in _INCLUDE_ARG.findall(rest):
                 inner[k] = _eval(v, params, where)
-            path = directory / parts[0]
-            _render_block(path.read_text().splitlines(), 0, inner, out, directory, parts[0], stop=())
+            _render_block((directory / file).read_text().splitlines(), 0, inner, out, directory, file, stop=())
             pos += 1
         else:
             raise TemplateError(f"{where}: unknown or misplaced directive //@{word}")
