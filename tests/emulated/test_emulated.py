@@ -1,44 +1,42 @@
 """all_reduce, reduce_scatter, all_gather and the fused AllReduce-RMSNorm at world sizes 2/4/8 on one
-GPU: float64 reference, rank-identical bits, poisoned outputs, zero copy, graphs, back-to-back calls."""
+GPU: references rounded as the kernels round, rank-identical bits, poisoned outputs, zero copy, graphs,
+back-to-back calls."""
 import random
 import zlib
 
 import pytest
 import torch
 
-from weave_nvshmem import CommOptions, PeerTimeoutError, owned_rows
+from weave_nvshmem import CommOptions, PeerTimeoutError
 from weave_nvshmem.collectives import plan
 from weave_nvshmem.collectives.emulated import EmulatedWorld
-from conftest import DTYPES, finish, fit, inputs, poisoned, rel_err, same_bits, tol
+from weave_nvshmem.testing import (DTYPES, algorithms, check_close, fused_problems, poison, poisoned, rank_input,
+                                   rank_inputs, reference_all_gather, reference_all_reduce, reference_fused,
+                                   reference_reduce_scatter, same_bits, sharded_residual)
+from weave_nvshmem.testing.fuzz import REPLICATED_ONLY
+from conftest import finish, fit
 
 EPS = 1e-6
-
-
-def fused_reference(xs, residual, weight):
-    s = sum(x.double() for x in xs)
-    if residual is not None:
-        s = s + residual.double()
-    s_r = s.to(xs[0].dtype).double()  # the kernel normalises the rounded new residual
-    return s_r * torch.rsqrt((s_r * s_r).mean(-1, keepdim=True) + EPS) * weight.double(), s
+#: the planner's algorithms (every emulated world has more than one rank)
+AR_ALGORITHMS = algorithms("all_reduce", world=2)
+FUSED_ALGORITHMS = algorithms("fused_allreduce_rmsnorm", world=2)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot", "bulk", "auto"])
+@pytest.mark.parametrize("algorithm", AR_ALGORITHMS)
 @pytest.mark.parametrize("shape", [(1,), (7,), (13, 5), (1000, 5120), (8191, 4096)])
 def test_all_reduce(emu, dtype, algorithm, shape):
     dt, w = DTYPES[dtype], emu.world
-    xs = inputs(zlib.crc32(repr((shape, dtype)).encode()) % 997, w, shape, dt)
-    outs = poisoned(shape, dt, w)
+    xs = rank_inputs(zlib.crc32(repr((shape, dtype)).encode()) % 997, w, shape, dt)
+    outs = [poisoned(shape, dt) for _ in range(w)]
     n = xs[0].numel()
-    if (algorithm == "bulk" and n % (16 // xs[0].element_size())) or (
-            algorithm == "lamport" and n * xs[0].element_size() > plan.LAMPORT_SLOT):
+    if algorithm == "lamport" and n * xs[0].element_size() > plan.LAMPORT_SLOT:
         with pytest.raises(ValueError, match=algorithm):
             emu.ranks[0].all_reduce(xs[0], algorithm=algorithm)
         return
     emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], algorithm=algorithm, ctas=fit(emu, None)))
     finish(emu)
-    ref = sum(x.double() for x in xs)
-    assert rel_err(outs[0], ref) <= tol(dt)
+    assert check_close(outs[0], reference_all_reduce(xs)) == []
     assert same_bits(outs)
 
 
@@ -46,56 +44,43 @@ def test_all_reduce(emu, dtype, algorithm, shape):
 @pytest.mark.parametrize("rows", [1, 8, 1000, 4096])
 def test_reduce_scatter_and_all_gather(emu, dtype, rows):
     dt, w = DTYPES[dtype], emu.world
-    xs = inputs(11, w, (w * rows, 64), dt)
-    rs = poisoned((rows, 64), dt, w)
-    ag = poisoned((w * rows, 64), dt, w)
+    xs = rank_inputs(11, w, (w * rows, 64), dt)
+    rs = [poisoned((rows, 64), dt) for _ in range(w)]
+    ag = [poisoned((w * rows, 64), dt) for _ in range(w)]
     emu.run(lambda r, c: (c.reduce_scatter(xs[r], out=rs[r], ctas=fit(emu, None)),
                           c.all_gather(xs[r][:rows], out=ag[r], ctas=fit(emu, None))))
     finish(emu)
-    total = sum(x.double() for x in xs)
+    gathered = reference_all_gather([x[:rows] for x in xs])
     for r in range(w):
-        assert rel_err(rs[r], total[r * rows:(r + 1) * rows]) <= tol(dt)
-        assert torch.equal(ag[r], torch.cat([x[:rows] for x in xs]))
+        assert check_close(rs[r], reference_reduce_scatter(xs, r)) == []
+        assert torch.equal(ag[r], gathered)
 
 
 def run_fused(emu, dt, tokens, hidden, mode="replicated", algorithm="auto", ctas=None, residual=True, seed=0,
               sym=None):
-    """Every rank's (out, residual) of one fused call, residual rows a rank does not own set to 3.0."""
+    """Every rank's (out, residual) of one fused call; a sharded residual's rows a rank does not
+    own hold RESIDUAL_SENTINEL (``sharded_residual``)."""
     w = emu.world
-    xs = sym if sym is not None else inputs(seed, w, (tokens, hidden), dt)
-    res0 = inputs(seed + 7, 1, (tokens, hidden), dt)[0] if residual else None
-    weight = inputs(seed + 9, 1, (hidden,), dt)[0]
-    res = []
-    for r in range(w):
-        if res0 is None:
-            res.append(None)
-        elif mode == "sharded":
-            keep = owned_rows(tokens, r, w)
-            mine = torch.full_like(res0, 3.0)
-            mine[keep.start:keep.stop] = res0[keep.start:keep.stop]
-            res.append(mine)
-        else:
-            res.append(res0.clone())
-    outs = poisoned((tokens, hidden), dt, w)
+    xs = sym if sym is not None else rank_inputs(seed, w, (tokens, hidden), dt)
+    res0 = rank_input(seed + 7, 0, (tokens, hidden), dt) if residual else None
+    weight = rank_input(seed + 9, 0, (hidden,), dt)
+    if res0 is None:
+        res = [None] * w
+    else:
+        res = [sharded_residual(res0, r, w) if mode == "sharded" else res0.clone() for r in range(w)]
+    outs = [poisoned((tokens, hidden), dt) for _ in range(w)]
     got = emu.run(lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res[r], weight, EPS, residual_mode=mode,
                                                          algorithm=algorithm, ctas=fit(emu, ctas), out=outs[r]))
     finish(emu)
     return xs, res0, weight, got
 
 
-def check_fused(emu, dt, tokens, mode, xs, res0, weight, got):
-    ref_out, ref_s = fused_reference(xs, res0, weight)
-    outs = [o for o, _ in got]
-    assert rel_err(outs[0], ref_out) <= tol(dt)
-    assert same_bits(outs)
-    for r, (_, res) in enumerate(got):
-        keep = owned_rows(tokens, r, emu.world) if mode == "sharded" else range(tokens)
-        if len(keep):
-            assert rel_err(res[keep.start:keep.stop], ref_s[keep.start:keep.stop]) <= tol(dt)
-        if mode == "sharded" and res0 is not None:
-            others = torch.ones(tokens, dtype=torch.bool, device="cuda")
-            others[keep.start:keep.stop] = False
-            assert bool(torch.all(res[others] == 3.0))
+def check_fused(emu, mode, xs, res0, weight, got):
+    ref_out, ref_s = reference_fused(xs, res0, weight, EPS)
+    for r, (out, res) in enumerate(got):
+        assert fused_problems(out, res, ref_out, ref_s, rank=r, world=emu.world, mode=mode,
+                              sentinel_rows=res0 is not None) == []
+    assert same_bits([o for o, _ in got])
     if mode == "replicated":
         assert same_bits([res for _, res in got])
 
@@ -107,36 +92,31 @@ def check_fused(emu, dt, tokens, mode, xs, res0, weight, got):
 def test_fused(emu, dtype, mode, tokens, hidden):
     dt = DTYPES[dtype]
     got = run_fused(emu, dt, tokens, hidden, mode, seed=tokens + hidden)
-    check_fused(emu, dt, tokens, mode, *got)
+    check_fused(emu, mode, *got)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot", "bulk"])
+@pytest.mark.parametrize("algorithm", [a for a in FUSED_ALGORITHMS if a != "auto"])
 @pytest.mark.parametrize("hidden", [4096, 7168])
 def test_fused_every_algorithm(emu, dtype, algorithm, hidden):
     """Each kernel by name (auto above picks by size), both residual modes where it has them."""
     dt = DTYPES[dtype]
-    row_bytes = hidden * torch.empty((), dtype=dt).element_size()
-    for mode in (("replicated", "sharded") if algorithm in ("twoshot", "bulk") else ("replicated",)):
-        if algorithm == "bulk" and 2 * (emu.world + 1) * row_bytes > plan.BULK_SMEM:
-            with pytest.raises(ValueError, match="bulk"):  # two stages of world + 1 rows must fit
-                run_fused(emu, dt, 13, hidden, mode, algorithm=algorithm, seed=hidden)
-            continue
+    for mode in (("replicated",) if algorithm in REPLICATED_ONLY else ("replicated", "sharded")):
         got = run_fused(emu, dt, 13, hidden, mode, algorithm=algorithm, seed=hidden)
-        check_fused(emu, dt, 13, mode, *got)
+        check_fused(emu, mode, *got)
 
 
 @pytest.mark.parametrize("hidden", [4096, 7168])
 @pytest.mark.parametrize("mode", ["replicated", "sharded"])
 def test_fused_8191_tokens(emu, hidden, mode):
     got = run_fused(emu, torch.bfloat16, 8191, hidden, mode, seed=hidden)
-    check_fused(emu, torch.bfloat16, 8191, mode, *got)
+    check_fused(emu, mode, *got)
 
 
 def test_fused_without_residual(emu):
     for mode in ("replicated", "sharded"):
         got = run_fused(emu, torch.bfloat16, 129, 4096, mode, residual=False, seed=5)
-        check_fused(emu, torch.bfloat16, 129, mode, *got)
+        check_fused(emu, mode, *got)
 
 
 @pytest.mark.parametrize("tokens, hidden", [(1, 8192), (37, 4096), (1000, 5120)])
@@ -144,9 +124,8 @@ def test_fused_algorithms_and_ctas_give_the_same_bits(emu, tokens, hidden):
     """The two-shot kernel reduces each row in the one-row kernels' order: identical bits whatever
     the algorithm and CTA count (so auto may switch between them freely)."""
     dt = torch.bfloat16
-    variants = [("oneshot", None), ("twoshot", 1), ("twoshot", 3), ("twoshot", 8), ("auto", None)]
-    if tokens * hidden * 2 <= plan.LAMPORT_SLOT:
-        variants.append(("lamport", None))
+    variants = [(a, None) for a in FUSED_ALGORITHMS if a != "lamport" or tokens * hidden * 2 <= plan.LAMPORT_SLOT]
+    variants += [("twoshot", 1), ("twoshot", 3), ("twoshot", 8)]
     results = [run_fused(emu, dt, tokens, hidden, algorithm=a, ctas=c, seed=tokens)[3] for a, c in variants]
     outs = [got[0][0] for got in results]
     assert same_bits(outs), variants
@@ -155,7 +134,7 @@ def test_fused_algorithms_and_ctas_give_the_same_bits(emu, tokens, hidden):
 
 def test_fused_nan_and_inf_propagate(emu):
     dt, w = torch.bfloat16, emu.world
-    xs = inputs(77, w, (16, 4096), dt)
+    xs = rank_inputs(77, w, (16, 4096), dt)
     xs[0][3, 10] = float("nan")
     xs[w - 1][5, 0] = float("inf")
     for algorithm in ("oneshot", "twoshot"):
@@ -163,7 +142,7 @@ def test_fused_nan_and_inf_propagate(emu):
         outs = [o for o, _ in got[3]]
         nan_rows = torch.isnan(outs[0]).any(-1)
         assert bool(nan_rows[3]) and bool(nan_rows[5]) and not bool(nan_rows[[0, 1, 2, 4, 6]].any())
-        assert rel_err(outs[0], fused_reference(xs, got[1], got[2])[0]) <= tol(dt)
+        assert check_close(outs[0], reference_fused(xs, got[1], got[2], EPS)[0]) == []
         assert same_bits(outs)
 
 
@@ -171,17 +150,17 @@ def test_fused_nan_and_inf_propagate(emu):
 def test_zero_copy(emu, tokens, hidden):
     """Symmetric inputs: the peers read them in place; same bits as the staged path."""
     dt, w = torch.bfloat16, emu.world
-    xs = inputs(41, w, (tokens, hidden), dt)
+    xs = rank_inputs(41, w, (tokens, hidden), dt)
     sym = emu.empty((tokens, hidden), dt)
     for s, x in zip(sym, xs):
         s.copy_(x)
     ctas = fit(emu, 3)
     staged = emu.run(lambda r, c: c.all_reduce(xs[r], algorithm="twoshot", ctas=ctas))
-    direct = emu.run(lambda r, c: c.all_reduce(sym[r], out=torch.full_like(xs[r], float("nan")),
-                                               algorithm="twoshot", ctas=ctas))
+    direct = emu.run(lambda r, c: c.all_reduce(sym[r], out=poisoned(xs[r].shape, dt), algorithm="twoshot",
+                                               ctas=ctas))
     finish(emu)
     assert same_bits(staged + direct)
-    assert rel_err(direct[0], sum(x.double() for x in xs)) <= tol(dt)
+    assert check_close(direct[0], reference_all_reduce(xs)) == []
     if tokens % w == 0:
         rs = emu.run(lambda r, c: c.reduce_scatter(sym[r], ctas=ctas))
         finish(emu)
@@ -190,7 +169,7 @@ def test_zero_copy(emu, tokens, hidden):
     for mode in ("replicated", "sharded"):
         a = run_fused(emu, dt, tokens, hidden, mode, algorithm="twoshot", seed=41, sym=xs)
         b = run_fused(emu, dt, tokens, hidden, mode, algorithm="twoshot", seed=41, sym=sym)
-        check_fused(emu, dt, tokens, mode, *b)
+        check_fused(emu, mode, *b)
         assert same_bits([o for o, _ in a[3]] + [o for o, _ in b[3]])
     emu.free(sym)
 
@@ -203,7 +182,7 @@ def test_back_to_back_calls_are_deterministic(emu):
     cases = []
     for i, shape in enumerate([(1,), (9,), (4096,), (333, 77), (64, 8192)]):
         for dt in DTYPES.values():
-            xs = inputs(100 + i, w, shape, dt)
+            xs = rank_inputs(100 + i, w, shape, dt)
             first = emu.run(lambda r, c: c.all_reduce(xs[r]))
             cases.append(("ar", xs, first, None))
     for i, (t, h) in enumerate([(1, 4096), (5, 8192), (64, 5120), (300, 4096)]):
@@ -215,15 +194,12 @@ def test_back_to_back_calls_are_deterministic(emu):
         kind, xs, first, extra = cases[rng.randrange(len(cases))]
         ctas = fit(emu, rng.choice([None, 1, 3, 8]))
         if kind == "ar":
-            algs = ["oneshot", "twoshot", "auto"]
-            algs += ["bulk"] if xs[0].numel() % (16 // xs[0].element_size()) == 0 else []
-            algs += ["lamport"] if xs[0].numel() * xs[0].element_size() <= plan.LAMPORT_SLOT else []
-            alg = rng.choice(algs)
+            nbytes = xs[0].numel() * xs[0].element_size()
+            alg = rng.choice([a for a in AR_ALGORITHMS if a != "lamport" or nbytes <= plan.LAMPORT_SLOT])
             got = emu.run(lambda r, c: c.all_reduce(xs[r], algorithm=alg, ctas=ctas))
         else:
             res0, weight = extra
-            algs = ["auto", "oneshot", "twoshot"] + (["lamport"] if xs[0].numel() * 2 <= plan.LAMPORT_SLOT else [])
-            alg = rng.choice(algs)
+            alg = rng.choice([a for a in FUSED_ALGORITHMS if a != "lamport" or xs[0].numel() * 2 <= plan.LAMPORT_SLOT])
             got = emu.run(lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res0.clone(), weight, EPS, algorithm=alg,
                                                                  ctas=ctas)[0])
         for g in got:
@@ -236,9 +212,9 @@ def test_cuda_graph_replays(emu):
     """One graph holds every rank's ops of a step (forked onto the ranks' streams); 300 replays
     with fresh inputs reproduce the eager bits."""
     w, dt = emu.world, torch.bfloat16
-    pool = [inputs(200 + i, w, (512, 1024), dt) for i in range(3)]
-    res_pool = [inputs(300 + i, 1, (512, 1024), dt)[0] for i in range(3)]
-    weight = inputs(400, 1, (1024,), dt)[0]
+    pool = [rank_inputs(200 + i, w, (512, 1024), dt) for i in range(3)]
+    res_pool = [rank_input(300 + i, 0, (512, 1024), dt) for i in range(3)]
+    weight = rank_input(400, 0, (1024,), dt)
     ctas = fit(emu, 4)
 
     def step(r, c, x, res, o1, o2, o3, o4):
@@ -272,7 +248,7 @@ def test_cuda_graph_replays(emu):
             xb[r].copy_(pool[k][r])
             rb[r].copy_(res_pool[k])
             for o in ob[r]:
-                o.fill_(float("nan"))
+                poison(o)
         g.replay()
         outs, res = expected[k]
         for r in range(w):

@@ -1,34 +1,35 @@
-"""all_reduce (oneshot/twoshot/bulk/auto), reduce_scatter, all_gather vs a float64 reference."""
+"""all_reduce (every algorithm the planner offers), reduce_scatter, all_gather vs the references."""
 import zlib
 
 import pytest
 import torch
 
 import weave_nvshmem as wn
-from conftest import DTYPES, all_inputs, all_ranks_true, poison, rank, rel_err, same_on_all_ranks, tol, world
+from weave_nvshmem.testing import (DTYPES, algorithms, all_true, poison, poisoned, reference_all_gather,
+                                   reference_all_reduce, reference_reduce_scatter, rel_err, same_on_ranks, tolerance)
+from conftest import WORLD_SIZE, all_inputs, rank, world
 
 SHAPES = [(1,), (7,), (13, 5), (1000, 5120), (8191, 4096)]
+AR_ALGORITHMS = algorithms("all_reduce", WORLD_SIZE)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("algorithm", ["lamport", "oneshot", "twoshot", "bulk", "auto"])
+@pytest.mark.parametrize("algorithm", AR_ALGORITHMS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_all_reduce_matches_reference(comm, dtype, algorithm, shape):
     dt = DTYPES[dtype]
     xs = all_inputs(zlib.crc32(repr((shape, dtype)).encode()) % 997, shape, dt)
-    out = poison(torch.empty(shape, dtype=dt, device="cuda"))
-    if (algorithm == "bulk" and xs[0].numel() % (16 // xs[0].element_size())) or (
-            algorithm == "lamport" and xs[0].numel() * xs[0].element_size() > wn.collectives.plan.LAMPORT_SLOT):
-        with pytest.raises(ValueError, match=algorithm):  # bulk: whole 16-byte vectors; lamport: small inputs
+    out = poisoned(shape, dt)
+    if algorithm == "lamport" and xs[0].numel() * xs[0].element_size() > wn.collectives.plan.LAMPORT_SLOT:
+        with pytest.raises(ValueError, match=algorithm):  # lamport: small inputs only
             comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
         return
     y = comm.all_reduce(xs[rank()], out=out, algorithm=algorithm)
     comm.synchronize()
-    ref = sum(x.double() for x in xs)
-    err = rel_err(y, ref)
-    same = same_on_all_ranks(y)
+    err = rel_err(y, reference_all_reduce(xs))
+    same = same_on_ranks(y)
     assert y is out
-    assert all_ranks_true(err <= tol(dt) and same), (err, same)
+    assert all_true(err <= tolerance(dt) and same), (err, same)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -37,16 +38,16 @@ def test_all_reduce_in_place_and_cupy(comm, dtype):
 
     dt = DTYPES[dtype]
     xs = all_inputs(5, (3, 1001), dt)
-    ref = sum(x.double() for x in xs)
+    ref = reference_all_reduce(xs)
     x = xs[rank()].clone()
     comm.all_reduce(x, out=x)
     c = cupy.from_dlpack(xs[rank()].clone())
     yc = wn.all_reduce(c)
     comm.synchronize()
     cupy.cuda.get_current_stream().synchronize()
-    ok = rel_err(x, ref) <= tol(dt) and isinstance(yc, cupy.ndarray)
-    ok &= rel_err(torch.from_dlpack(yc), ref) <= tol(dt)
-    assert all_ranks_true(ok)
+    ok = rel_err(x, ref) <= tolerance(dt) and isinstance(yc, cupy.ndarray)
+    ok &= rel_err(torch.from_dlpack(yc), ref) <= tolerance(dt)
+    assert all_true(ok)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -55,13 +56,13 @@ def test_reduce_scatter_and_all_gather(comm, dtype, rows):
     dt = DTYPES[dtype]
     w, r = world(), rank()
     xs = all_inputs(11, (w * rows, 64), dt)
-    rs = comm.reduce_scatter(xs[r], out=poison(torch.empty((rows, 64), dtype=dt, device="cuda")))
-    ag = comm.all_gather(xs[r][:rows], out=poison(torch.empty((w * rows, 64), dtype=dt, device="cuda")))
+    rs = comm.reduce_scatter(xs[r], out=poisoned((rows, 64), dt))
+    ag = comm.all_gather(xs[r][:rows], out=poisoned((w * rows, 64), dt))
     comm.synchronize()
-    ref_rs = sum(x.double() for x in xs)[r * rows:(r + 1) * rows]
-    ref_ag = torch.cat([x[:rows] for x in xs])
-    ok = rel_err(rs, ref_rs) <= tol(dt) and torch.equal(ag, ref_ag) and same_on_all_ranks(ag)
-    assert all_ranks_true(ok)
+    ref_ag = reference_all_gather([x[:rows] for x in xs])
+    same = same_on_ranks(ag)
+    ok = rel_err(rs, reference_reduce_scatter(xs, r)) <= tolerance(dt) and torch.equal(ag, ref_ag) and same
+    assert all_true(ok)
 
 
 def test_bad_inputs_raise_before_launch(comm):
@@ -88,7 +89,7 @@ def test_bad_inputs_raise_before_launch(comm):
     # nothing was launched or corrupted: a normal call still works
     y = comm.all_reduce(x.float())
     comm.synchronize()
-    assert all_ranks_true(rel_err(y, x.double() * world()) < 1e-6)
+    assert all_true(rel_err(y, x.double() * world()) < 1e-6)
 
 
 def test_10k_randomized_back_to_back_calls_are_deterministic(comm):
@@ -102,27 +103,27 @@ def test_10k_randomized_back_to_back_calls_are_deterministic(comm):
         for dt in dts:
             xs = all_inputs(100 + i, shape, dt)
             first = comm.all_reduce(xs[rank()])
-            cases.append((xs[rank()], first, sum(x.double() for x in xs)))
+            cases.append((xs[rank()], first, reference_all_reduce(xs)))
     comm.synchronize()
-    ok = all(rel_err(f, ref) <= tol(x.dtype) for x, f, ref in cases)
+    ok = all(rel_err(f, ref) <= tolerance(x.dtype) for x, f, ref in cases)
     mismatches = torch.zeros((), dtype=torch.int64, device="cuda")
     for _ in range(10_000):
         x, first, _ = cases[rng.randrange(len(cases))]
-        algs = ["oneshot", "twoshot", "auto"] + (["bulk"] if x.numel() % (16 // x.element_size()) == 0 else [])
-        algs += ["lamport"] if x.numel() * x.element_size() <= wn.collectives.plan.LAMPORT_SLOT else []
+        nbytes = x.numel() * x.element_size()
+        algs = [a for a in AR_ALGORITHMS if a != "lamport" or nbytes <= wn.collectives.plan.LAMPORT_SLOT]
         y = comm.all_reduce(x, algorithm=rng.choice(algs), ctas=rng.choice([None, 1, 3, 8]))
         mismatches += (y.view(torch.uint8) != first.view(torch.uint8)).sum()
     comm.synchronize()
-    assert all_ranks_true(ok and mismatches.item() == 0), mismatches.item()
+    assert all_true(ok and mismatches.item() == 0), mismatches.item()
 
 
 def test_1k_cuda_graph_replays(comm):
     shape, dt = (512, 1024), torch.bfloat16
     pool = [all_inputs(200 + i, shape, dt) for i in range(4)]
-    refs = [sum(x.double() for x in xs) for xs in pool]
+    refs = [reference_all_reduce(xs) for xs in pool]
     first = [comm.all_reduce(xs[rank()]) for xs in pool]
     comm.synchronize()
-    ok = all(rel_err(f, r) <= tol(dt) for f, r in zip(first, refs))
+    ok = all(rel_err(f, r) <= tolerance(dt) for f, r in zip(first, refs))
     x = torch.empty(shape, dtype=dt, device="cuda")
     out1 = torch.empty_like(x)
     out2 = torch.empty_like(x)
@@ -135,23 +136,22 @@ def test_1k_cuda_graph_replays(comm):
     with torch.cuda.stream(stream), torch.cuda.graph(g, stream=stream):
         comm.all_reduce(x, out=out1, algorithm="oneshot")
         comm.all_reduce(x, out=out2, algorithm="twoshot", ctas=4)
-        comm.all_reduce(x, out=out3, algorithm="bulk", ctas=3)
+        comm.all_reduce(x, out=out3, algorithm="auto", ctas=3)
         comm.all_reduce(x[:64], out=out4, algorithm="lamport")
         comm.all_reduce(x[:64], out=out4, algorithm="lamport", ctas=2)  # back to back, no barrier between
     bad = torch.zeros((), dtype=torch.int64, device="cuda")
     for i in range(1000):
         k = i % 4
         x.copy_(pool[k][rank()])
-        out1.fill_(float("nan"))
-        out3.fill_(float("nan"))
-        out4.fill_(float("nan"))
+        for o in (out1, out2, out3, out4):
+            poison(o)
         g.replay()
         bad += (out1.view(torch.int16) != first[k].view(torch.int16)).sum()
         bad += (out2.view(torch.int16) != first[k].view(torch.int16)).sum()
         bad += (out3.view(torch.int16) != first[k].view(torch.int16)).sum()
         bad += (out4.view(torch.int16) != first[k][:64].view(torch.int16)).sum()
     comm.synchronize()
-    assert all_ranks_true(ok and bad.item() == 0), bad.item()
+    assert all_true(ok and bad.item() == 0), bad.item()
 
 
 def test_torch_custom_op_in_graph(comm):
@@ -160,4 +160,4 @@ def test_torch_custom_op_in_graph(comm):
     xs = all_inputs(300, (256, 512), torch.bfloat16)
     y = torch.ops.weave_nvshmem.all_reduce(xs[rank()])
     comm.synchronize()
-    assert all_ranks_true(rel_err(y, sum(x.double() for x in xs)) <= tol(torch.bfloat16))
+    assert all_true(rel_err(y, reference_all_reduce(xs)) <= tolerance(torch.bfloat16))

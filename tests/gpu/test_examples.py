@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import all_ranks_true, rank, world
+from weave_nvshmem.testing import all_true
+from conftest import rank, world
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
@@ -23,7 +24,7 @@ def model(comm):
 def test_woven_and_fused_match_nccl(comm, model):
     rows = tp_llama.check_modes(model, comm, (1, 3, 7, 1000))
     bad = [r for r in rows if not r["ok"]]
-    assert all_ranks_true(not bad), bad
+    assert all_true(not bad), bad
     assert {(r["tokens"], r["split"]) for r in rows if r["mode"] == "weave" and r["residual_mode"] == "sharded"} >= \
         {(3, 1), (7, 3), (1000, 333)}
 
@@ -31,10 +32,10 @@ def test_woven_and_fused_match_nccl(comm, model):
 @pytest.mark.parametrize("residual_mode", tp_llama.RESIDUAL_MODES)
 def test_woven_forward_in_cuda_graph(comm, model, residual_mode):
     row = tp_llama.check_graph(model, comm, 1000, tp_llama.odd_split(1000), residual_mode)
-    assert all_ranks_true(row["ok"]), row
+    assert all_true(row["ok"]), row
 
 
 def test_cupy_pipeline(comm):
     pytest.importorskip("cupy")
     results = cupy_pipeline.pipeline(comm, rank(), world())
-    assert all_ranks_true(all(r["ok"] for r in results)), results
+    assert all_true(all(r["ok"] for r in results)), results

@@ -4,7 +4,8 @@ import torch
 import torch.distributed as dist
 
 import weave_nvshmem as wn
-from conftest import all_ranks_true, rank, world
+from weave_nvshmem.testing import all_true
+from conftest import rank, world
 
 
 def test_runtime_matches_torch_distributed(comm):
@@ -49,7 +50,7 @@ def test_peer_views_read_and_write_the_right_pe(comm):
     ok = all(torch.all(x == pe).item() for pe, x in enumerate(reads))
     ok &= all(torch.all(x == pe).item() for pe, x in enumerate(sliced))
     ok &= bool(torch.all(got_prev == 100 + prev).item()) if w > 1 else True
-    assert all_ranks_true(ok)
+    assert all_true(ok)
 
 
 def test_multicast_reported_unavailable(comm):
@@ -66,7 +67,7 @@ def test_multicast_reported_unavailable(comm):
     fallback = c.multicast_reason
     c.close()
     assert reason and reason in str(info.value) and fallback
-    assert all_ranks_true(bool((y == world()).all().item()))
+    assert all_true(bool((y == world()).all().item()))
 
 
 def test_put_then_barrier_delivers_to_every_peer(comm):
@@ -81,7 +82,7 @@ def test_put_then_barrier_delivers_to_every_peer(comm):
     torch.cuda.synchronize()
     dist.barrier()
     wn.free(dst)
-    assert all_ranks_true(ok)
+    assert all_true(ok)
 
 
 def test_barrier_orders_10k_back_to_back_rounds(comm):
@@ -101,7 +102,7 @@ def test_barrier_orders_10k_back_to_back_rounds(comm):
     torch.cuda.synchronize()
     dist.barrier()
     wn.free(buf)
-    assert all_ranks_true(n_err == 0), f"{n_err} stale reads"
+    assert all_true(n_err == 0), f"{n_err} stale reads"
 
 
 def test_barrier_in_replayed_cuda_graph(comm):
@@ -128,4 +129,4 @@ def test_barrier_in_replayed_cuda_graph(comm):
     n_err, final = errors.item(), counter[0].item()
     dist.barrier()
     wn.free(buf)
-    assert all_ranks_true(n_err == 0 and final == 2000), (n_err, final)
+    assert all_true(n_err == 0 and final == 2000), (n_err, final)

@@ -1,11 +1,13 @@
 """Symmetric inputs (weave_nvshmem.empty, the same tensor on every rank): the two-shot kernels read
-them on the peers in place. Results must equal the float64 reference and be bitwise identical to
-the staged path with the same launch (same kernel, same reduction order)."""
+them on the peers in place. Results must match the references and be bitwise identical to the
+staged path with the same launch (same kernel, same reduction order)."""
 import pytest
 import torch
 
 import weave_nvshmem as wn
-from conftest import DTYPES, all_inputs, all_ranks_true, poison, rank, rel_err, same_on_all_ranks, tol, world
+from weave_nvshmem.testing import (DTYPES, all_true, poisoned, rank_input, reference_all_reduce, reference_fused,
+                                   rel_err, same_on_ranks, tolerance)
+from conftest import all_inputs, rank, world
 
 EPS = 1e-6
 
@@ -21,22 +23,23 @@ def symmetric_copy(t):
 def test_all_reduce_zero_copy(comm, dtype, shape):
     dt = DTYPES[dtype]
     xs = all_inputs(31, shape, dt)
-    ref = sum(x.double() for x in xs)
+    ref = reference_all_reduce(xs)
     sx = symmetric_copy(xs[rank()])
     staged = comm.all_reduce(xs[rank()], algorithm="twoshot", ctas=3)
-    out = comm.all_reduce(sx, out=poison(torch.empty(shape, dtype=dt, device="cuda")), algorithm="twoshot", ctas=3)
+    out = comm.all_reduce(sx, out=poisoned(shape, dt), algorithm="twoshot", ctas=3)
     rs = None
     if shape[0] % world() == 0 and (sx.numel() // world() * sx.element_size()) % 16 == 0:
         rs = comm.reduce_scatter(sx)
     comm.all_reduce(sx, out=sx, algorithm="twoshot")  # in place on the symmetric tensor
     comm.synchronize()
-    ok = rel_err(out, ref) <= tol(dt) and torch.equal(out, staged) and same_on_all_ranks(out)
-    ok &= rel_err(sx, ref) <= tol(dt) and same_on_all_ranks(sx)
+    same_out, same_sx = same_on_ranks(out), same_on_ranks(sx)
+    ok = rel_err(out, ref) <= tolerance(dt) and torch.equal(out, staged) and same_out
+    ok &= rel_err(sx, ref) <= tolerance(dt) and same_sx
     if rs is not None:
         n = rs.shape[0]
-        ok &= rel_err(rs, ref[rank() * n:(rank() + 1) * n]) <= tol(dt)
+        ok &= rel_err(rs, ref[rank() * n:(rank() + 1) * n]) <= tolerance(dt)
     wn.free(sx)
-    assert all_ranks_true(ok)
+    assert all_true(ok)
 
 
 @pytest.mark.parametrize("mode", ["replicated", "sharded"])
@@ -44,18 +47,18 @@ def test_all_reduce_zero_copy(comm, dtype, shape):
 def test_fused_zero_copy(comm, mode, tokens, hidden):
     dt = torch.bfloat16
     xs = all_inputs(41, (tokens, hidden), dt)
-    res0 = all_inputs(42, (tokens, hidden), dt)[0]
-    w = all_inputs(43, (hidden,), dt)[0]
+    res0 = rank_input(42, 0, (tokens, hidden), dt)
+    w = rank_input(43, 0, (hidden,), dt)
     sx = symmetric_copy(xs[rank()])
     o1, r1 = comm.fused_allreduce_rmsnorm(xs[rank()], res0.clone(), w, EPS, residual_mode=mode,
                                           algorithm="twoshot")
     o2, r2 = comm.fused_allreduce_rmsnorm(sx, res0.clone(), w, EPS, residual_mode=mode, algorithm="twoshot",
-                                          out=poison(torch.empty_like(o1)))
+                                          out=poisoned(o1.shape, dt))
     comm.synchronize()
     keep = wn.owned_rows(tokens, rank(), world()) if mode == "sharded" else range(tokens)
     ok = torch.equal(o1, o2) and torch.equal(r1[keep.start:keep.stop], r2[keep.start:keep.stop])
-    ok &= same_on_all_ranks(o2)
-    ref_s = sum(x.double() for x in xs) + res0.double()
-    ok &= rel_err(r2[keep.start:keep.stop], ref_s[keep.start:keep.stop]) <= tol(dt) if len(keep) else True
+    ok &= same_on_ranks(o2)
+    ref_s = reference_fused(xs, res0, w, EPS)[1]
+    ok &= rel_err(r2[keep.start:keep.stop], ref_s[keep.start:keep.stop]) <= tolerance(dt) if len(keep) else True
     wn.free(sx)
-    assert all_ranks_true(ok)
+    assert all_true(ok)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import weave_nvshmem as wn
-from conftest import all_ranks_true, rank, world
+from weave_nvshmem.testing import all_true
+from conftest import rank, world
 
 
 def _missing_peer_times_out(op, call, then=None):
@@ -24,7 +25,7 @@ def _missing_peer_times_out(op, call, then=None):
             then(c)
     c.close()
     ok = True if rank() == late else (f"peer {late}" in msg and msg.startswith(op))
-    assert all_ranks_true(ok), msg
+    assert all_true(ok), msg
 
 
 def test_barrier_with_missing_peer_times_out(comm):
@@ -47,7 +48,7 @@ def test_heap_exhaustion_is_a_clear_error(comm):
     t = wn.zeros((8,), torch.float32, label="test")
     ok = bool((t == 0).all().item())
     wn.free(t)
-    assert all_ranks_true(ok)
+    assert all_true(ok)
 
 
 def test_lamport_fused_with_missing_peer_times_out(comm):

@@ -1,0 +1,62 @@
+"""Fuzz every collective on emulated ranks (one GPU): randomised calls, each checked against the
+references (weave_nvshmem.testing) and across ranks; one line per failure, ending in the command
+that reruns that call alone.
+
+    python scripts/fuzz.py [--world 2 4 8] [--calls N] [--seed S] [--log FILE] [--only K]
+
+Call K of a run is a pure function of (seed, world, K) (weave_nvshmem.testing.fuzz). Prints, per
+world size, the calls, failures, seconds and what the calls covered. Exit status 1 when a call
+failed. The long run keeps its log in bench/:
+
+    python scripts/fuzz.py --calls 10000 --log bench/fuzz-nvidia-h200.log
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts: see collectives/emulated.py
+
+import torch  # noqa: E402
+
+from weave_nvshmem.testing import fuzz  # noqa: E402
+from weave_nvshmem.testing.runner import Fuzzer  # noqa: E402
+
+
+def main(argv=None) -> int:
+    args = fuzz.parser().parse_args(argv)
+    log = open(args.log, "w") if args.log else None
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        if log:
+            log.write(line + "\n")
+            log.flush()
+
+    say(f"# {fuzz.SCRIPT} {' '.join(sys.argv[1:] if argv is None else argv)} on {torch.cuda.get_device_name()}, "
+        f"commit {os.environ.get('WEAVE_NVSHMEM_COMMIT', 'unknown')}")
+    failed = 0
+    for world in args.world:
+        indices = [args.only] if args.only is not None else range(args.calls)
+        calls, failures, t0 = [], 0, time.perf_counter()
+        with Fuzzer(world, timeout_s=args.timeout) as fuzzer:
+            for k in indices:
+                call = fuzz.fuzz_call(args.seed, world, k)
+                calls.append(call)
+                problems = fuzzer.run(call)
+                if problems:
+                    failures += 1
+                    say(fuzz.failure_line(call, problems))
+                elif args.only is not None:
+                    say(f"PASS world {world}: {call.describe()}")
+        covered = ", ".join(f"{key}: {n}" for key, n in sorted(fuzz.coverage(calls).items()))
+        say(f"world {world}: {len(calls)} calls, {failures} failed, {time.perf_counter() - t0:.1f} s; covered {covered}")
+        failed += failures
+    if log:
+        log.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The fuzzer's calls: call K of a run is a pure function of (seed, world, K), so a failing call is
+rebuilt alone from the one line its failure prints, and the generator is tested on the CPU.
+
+A call draws an op (every collective and the barrier), a dtype, an algorithm from the planner's
+public lists, a shape (0 and 1 element, odd sizes, up to ``MAX_BYTES`` of staging), a CTA count,
+a channel and eager or CUDA-graph execution, always a valid combination for an emulated world of
+``world`` ranks on one GPU (``runner.Fuzzer`` runs and checks them there).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import random
+import shlex
+from dataclasses import dataclass
+
+from ..collectives import plan
+from ..ptx.catalog import LAMPORT_SLOT, MAX_WORLD
+from .numerics import DTYPES
+
+OPS = ("all_reduce", "reduce_scatter", "all_gather", "fused_allreduce_rmsnorm", "barrier")
+#: how often each op is drawn, relative to the others
+OP_WEIGHTS = (3, 2, 2, 3, 1)
+RESIDUAL_MODES = ("replicated", "sharded")
+#: fused algorithms in which every rank normalises every row: they need the whole (replicated) residual
+REPLICATED_ONLY = ("oneshot", "lamport")
+#: channels of the world the calls run on (each call draws one)
+CHANNELS = 2
+#: the most staging bytes a call needs (the fuzz world reserves this on every channel)
+MAX_BYTES = 8 << 20
+#: the widest fused row drawn, in elements
+MAX_HIDDEN = 16384
+#: blocks of 512 threads one GPU holds at once, shared by all emulated ranks (one per SM, as the
+#: big kernels need; an H100/H200 has 132 SMs): an explicit CTA count is at most this // world
+RESIDENT_BLOCKS = 128
+#: the command a reproducer line runs
+SCRIPT = "scripts/fuzz.py"
+
+
+def algorithms(op: str, world: int) -> tuple:
+    """The algorithms the planner offers for ``op`` (``"all_reduce"`` or
+    ``"fused_allreduce_rmsnorm"``) that a test may request at ``world`` ranks, in planner order:
+    its public list without "local" (world 1 only) above one rank, and never the retired "bulk"."""
+    names = {"all_reduce": plan.ALLREDUCE_ALGORITHMS, "fused_allreduce_rmsnorm": plan.FUSED_ALGORITHMS}[op]
+    return tuple(a for a in names if a != "bulk" and not (a == "local" and world > 1))
+
+
+def element_size(dtype: str) -> int:
+    """Bytes per element of dtype name ``dtype``."""
+    return 4 if dtype == "float32" else 2
+
+
+@dataclass(frozen=True)
+class FuzzCall:
+    """One randomised collective call, as ``fuzz_call`` draws it.
+
+    Attributes
+    ----------
+    seed, world, index : int
+        Where it comes from: ``fuzz_call(seed, world, index)``.
+    op : str
+        One of ``OPS``.
+    dtype : str
+        ``DTYPES`` name of the inputs (unused by ``"barrier"``).
+    shape : tuple of int
+        The shape of each rank's ``x``: `[...]` (all_reduce), `[world*n, ...]` (reduce_scatter),
+        `[n, ...]` (all_gather), `[T, H]` (fused).
+    algorithm : str or None
+        all_reduce and fused only.
+    ctas : int or None
+        None: the planner's grid (drawn only at 2 ranks, where it is always resident).
+    channel : int
+        In ``range(CHANNELS)``.
+    graph : bool
+        Also capture the call in a CUDA graph and check two replays.
+    residual_mode : str
+        fused: ``"replicated"`` or ``"sharded"``.
+    residual : bool
+        fused: a residual is passed (else None: the first layer).
+    eps : float
+        fused.
+    scale : float
+        The inputs' standard deviation.
+    data_seed : int
+        The inputs' seed (``numerics.rank_inputs``).
+    """
+
+    seed: int
+    world: int
+    index: int
+    op: str
+    dtype: str = "float32"
+    shape: tuple = ()
+    algorithm: str | None = None
+    ctas: int | None = None
+    channel: int = 0
+    graph: bool = False
+    residual_mode: str = "replicated"
+    residual: bool = True
+    eps: float = 1e-6
+    scale: float = 1.0
+    data_seed: int = 0
+
+    @property
+    def reproducer(self) -> str:
+        """The command that reruns this call alone."""
+        return reproducer(self.world, self.seed, self.index)
+
+    def describe(self) -> str:
+        """The call on one line: op, dtype, shape and the options it sets."""
+        words = [f"call {self.index}", self.op]
+        if self.op != "barrier":
+            words += [self.dtype, "x".join(map(str, self.shape)), f"ctas={self.ctas}", f"scale={self.scale:g}"]
+        if self.algorithm is not None:
+            words.append(f"algorithm={self.algorithm}")
+        if self.op == "fused_allreduce_rmsnorm":
+            words += [f"residual_mode={self.residual_mode}", f"residual={'yes' if self.residual else 'None'}",
+                      f"eps={self.eps:g}"]
+        words += [f"channel={self.channel}", "graph" if self.graph else "eager"]
+        return " ".join(words)
+
+
+def _count(rng: random.Random, hi: int) -> int:
+    """A count in [0, hi]: 0 and 1 often, small (odd) counts often, else log-uniform up to hi."""
+    if hi <= 0:
+        return 0
+    u = rng.random()
+    if u < 0.08:
+        return min(hi, rng.choice((0, 1)))
+    if u < 0.35:
+        return rng.randint(0, min(hi, 40))
+    return min(hi, int(2 ** rng.uniform(0, math.log2(hi + 1))))
+
+
+def _dims(rng: random.Random, ndim: int, budget: int) -> tuple:
+    """``ndim`` sizes whose product is at most ``budget``, in random order."""
+    dims = []
+    for _ in range(ndim):
+        d = _count(rng, budget)
+        dims.append(d)
+        budget //= max(d, 1)
+    rng.shuffle(dims)
+    return tuple(dims)
+
+
+def _ctas(rng: random.Random, world: int):
+    if world == 2 and rng.random() < 0.3:
+        return None
+    return rng.randint(1, RESIDENT_BLOCKS // world)
+
+
+def _rows_and_inner(rng: random.Random, world: int, dtype: str) -> tuple:
+    """(rows, trailing dims) of a reduce_scatter/all_gather chunk: rows * prod(inner) elements make
+    whole 16-byte vectors, and world chunks fit in ``MAX_BYTES``."""
+    ve = 16 // element_size(dtype)
+    elems = MAX_BYTES // element_size(dtype) // world
+    inner = _dims(rng, rng.choice((0, 1, 1, 2)), elems)
+    m = math.prod(inner)
+    step = ve // math.gcd(m, ve) if m else 1
+    return step * _count(rng, elems // max(m, 1) // step), inner
+
+
+def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
+    """Call ``index`` of the run ``(seed, world)``: a valid call of a random op (pure function).
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    world : int
+        Ranks, 2..8.
+    index : int
+        The call's number in the run, >= 0.
+
+    Returns
+    -------
+    FuzzCall
+    """
+    if not 2 <= world <= MAX_WORLD:
+        raise ValueError(f"fuzz_call: world must be in 2..{MAX_WORLD} (got {world})")
+    rng = random.Random(f"weave_nvshmem.fuzz/{seed}/{world}/{index}")
+    op = rng.choices(OPS, OP_WEIGHTS)[0]
+    call = dict(seed=seed, world=world, index=index, op=op, channel=rng.randrange(CHANNELS),
+                graph=rng.random() < 0.3)
+    if op == "barrier":
+        return FuzzCall(**call)
+    dtype = rng.choice(tuple(DTYPES))
+    es = element_size(dtype)
+    call.update(dtype=dtype, ctas=_ctas(rng, world), scale=rng.choice((1.0, 1.0, 0.01, 64.0)),
+                data_seed=rng.randrange(1 << 30))
+    if op == "all_reduce":
+        shape = _dims(rng, rng.choice((1, 1, 2, 3)), MAX_BYTES // es)
+        vec_bytes = -(-math.prod(shape) * es // 16) * 16
+        algs = [a for a in algorithms(op, world) if a != "lamport" or vec_bytes <= LAMPORT_SLOT]
+        return FuzzCall(**call, shape=shape, algorithm=rng.choice(algs))
+    if op in ("reduce_scatter", "all_gather"):
+        rows, inner = _rows_and_inner(rng, world, dtype)
+        return FuzzCall(**call, shape=((world * rows if op == "reduce_scatter" else rows),) + inner)
+    ve = 16 // es
+    if rng.random() < 0.3:
+        hidden = rng.choice((4096, 5120, 7168, 8192))
+    else:
+        hidden = ve * max(1, _count(rng, MAX_HIDDEN // ve))
+    tokens = _count(rng, MAX_BYTES // (hidden * es))
+    mode = rng.choice(RESIDUAL_MODES)
+    algs = [a for a in algorithms(op, world)
+            if not (mode == "sharded" and a in REPLICATED_ONLY)
+            and (a != "lamport" or tokens * hidden * es <= LAMPORT_SLOT)]
+    return FuzzCall(**call, shape=(tokens, hidden), algorithm=rng.choice(algs), residual_mode=mode,
+                    residual=rng.random() < 0.8, eps=rng.choice((1e-6, 1e-5)))
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def reproducer(world: int, seed: int, index: int) -> str:
+    """The one-line command that reruns call ``index`` of the run ``(seed, world)`` alone."""
+    return f"python {SCRIPT} --world {world} --seed {seed} --only {index}"
+
+
+def coverage(calls) -> collections.Counter:
+    """How often ``calls`` drew each op, dtype, algorithm, residual mode, execution, CTA choice,
+    channel and empty or one-element shape (keys such as ``"all_reduce algorithm=lamport"``)."""
+    seen = collections.Counter()
+    for c in calls:
+        keys = [f"op={c.op}", "graph" if c.graph else "eager", f"channel={c.channel}"]
+        if c.op != "barrier":
+            n = math.prod(c.shape)
+            keys += [f"{c.op} dtype={c.dtype}", "ctas=None" if c.ctas is None else "ctas=int"]
+            keys += ["0 elements"] if n == 0 else ["1 element"] if n == 1 else []
+        if c.algorithm is not None:
+            keys.append(f"{c.op} algorithm={c.algorithm}")
+        if c.op == "fused_allreduce_rmsnorm":
+            keys.append(f"{c.op} residual_mode={c.residual_mode} residual={'yes' if c.residual else 'None'}")
+        seen.update(keys)
+    return seen
+
+
+def failure_line(call: FuzzCall, problems) -> str:
+    """One line (newlines in ``problems`` folded): the call, what went wrong, and the command
+    that reruns it."""
+    what = "; ".join(" ".join(str(p).split()) for p in problems)
+    return f"FAIL world {call.world}: {call.describe()}: {what} | reproduce: {call.reproducer}"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The arguments of ``scripts/fuzz.py`` (and of every reproducer line)."""
+    ap = argparse.ArgumentParser(prog=SCRIPT, description="Randomised collective calls on emulated ranks (one GPU), "
+                                 "checked against the references and across ranks.")
+    ap.add_argument("--world", type=int, nargs="+", default=[2, 4, 8], help="world sizes, 2..8 (default 2 4 8)")
+    ap.add_argument("--calls", type=int, default=1000, help="calls per world size (default 1000)")
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    ap.add_argument("--only", type=int, metavar="K", help="run call K alone (what a failure's reproducer does)")
+    ap.add_argument("--log", metavar="FILE", help="also write failures and the summary to FILE")
+    ap.add_argument("--timeout", type=float, default=10.0, help="CommOptions.timeout_s of the world (default 10)")
+    return ap
+
+
+def parse_reproducer(line: str) -> tuple:
+    """``(world, seed, index)`` of a ``reproducer`` line (the inverse of ``reproducer``)."""
+    words = shlex.split(line)
+    if words[:2] != ["python", SCRIPT]:
+        raise ValueError(f"parse_reproducer: not a '{SCRIPT}' command (got {line!r})")
+    args = parser().parse_args(words[2:])
+    if len(args.world) != 1 or args.only is None:
+        raise ValueError(f"parse_reproducer: a reproducer names one world and --only (got {line!r})")
+    return args.world[0], args.seed, args.only

@@ -1,0 +1,183 @@
+"""Fuzz calls on an emulated world (all ranks on one GPU): inputs, poisoned outputs, eager and
+CUDA-graph execution, and the checks against the references and across ranks.
+
+Needs a CUDA device (and ``CUDA_DEVICE_MAX_CONNECTIONS=32`` set before CUDA starts, see
+``collectives/emulated.py``); the generator it runs (``fuzz.py``) does not.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..collectives.communicator import CommOptions, channel_layout
+from ..collectives.emulated import EmulatedWorld
+from .fuzz import CHANNELS, MAX_BYTES, FuzzCall
+from .numerics import (DTYPES, check_close, fused_problems, poison, rank_input, rank_inputs, reference_all_gather,
+                       reference_all_reduce, reference_fused, reference_reduce_scatter, same_bits, sharded_residual)
+
+#: replays of a captured call, each checked (the second shows a replay leaves nothing behind)
+REPLAYS = 2
+
+
+def emulated_world(world: int, staging: int, *, options=None, extra_bytes: int = 0) -> EmulatedWorld:
+    """An EmulatedWorld of ``world`` ranks whose every channel holds ``staging`` bytes of input
+    (reserved here, so ops and graph captures up to that size never need to grow it).
+
+    The arenas hold each channel twice over (``reserve`` builds the new channels while the old
+    ones are still held) plus ``extra_bytes`` for symmetric tensors (``world.empty``).
+    """
+    opts = CommOptions.of(options)
+
+    def block(cap):  # one channel, as the arena's allocator rounds it
+        return -(-channel_layout(world, cap)[2] // 256) * 256
+
+    arena = opts.channels * (block(opts.initial_bytes) + block(staging)) + extra_bytes
+    emu = EmulatedWorld(world, arena_bytes=arena, options=opts)
+    emu.reserve(staging)
+    return emu
+
+
+class Fuzzer:
+    """Runs ``FuzzCall``s of one world size on an emulated world sized for them (``MAX_BYTES``,
+    ``CHANNELS``), and builds a fresh world after a call that raised (a timed-out wait leaves
+    the ranks' communicators broken). Close it when done."""
+
+    def __init__(self, world: int, *, timeout_s: float = 10.0):
+        self.world, self.timeout_s = world, timeout_s
+        self.emu = None
+        self._build()
+
+    def _build(self) -> None:
+        self.emu = emulated_world(self.world, MAX_BYTES,
+                                  options=CommOptions(timeout_s=self.timeout_s, channels=CHANNELS))
+        self.side = torch.cuda.Stream()  # capture stream
+
+    def run(self, call: FuzzCall) -> list[str]:
+        """What went wrong in ``call`` (``[]``: it passed); an exception is one problem."""
+        if call.world != self.world:
+            raise ValueError(f"Fuzzer.run: call of world {call.world} on a world of {self.world}")
+        try:
+            return _run(self.emu, self.side, call)
+        except Exception as exc:  # noqa: BLE001 - a valid call that raises is a failure to report
+            self.close()
+            self._build()
+            return [f"{type(exc).__name__}: {exc}"]
+
+    def close(self) -> None:
+        if self.emu is not None:
+            self.emu.close()
+            self.emu = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _run(emu: EmulatedWorld, side, call: FuzzCall) -> list[str]:
+    """Set up ``call``'s tensors and checks, then run it eagerly (and captured)."""
+    w = emu.world
+    if call.op == "barrier":
+        return _execute(emu, side, call, lambda r, c: c.barrier(channel=call.channel), lambda got: None,
+                        lambda got: [])
+    dt = DTYPES[call.dtype]
+    xs = rank_inputs(call.data_seed, w, call.shape, dt, scale=call.scale)
+    opts = dict(ctas=call.ctas, channel=call.channel)
+    if call.op == "fused_allreduce_rmsnorm":
+        return _fused(emu, side, call, xs, opts)
+    if call.op == "all_reduce":
+        outs = [torch.empty(call.shape, dtype=dt, device="cuda") for _ in range(w)]
+        ref = reference_all_reduce(xs)
+
+        def launch(r, c):
+            return c.all_reduce(xs[r], out=outs[r], algorithm=call.algorithm, **opts)
+
+        def check(got):
+            return check_close(outs[0], ref, "rank 0 out") + ([] if same_bits(outs) else ["out differs across ranks"])
+    elif call.op == "reduce_scatter":
+        outs = [torch.empty((call.shape[0] // w,) + call.shape[1:], dtype=dt, device="cuda") for _ in range(w)]
+
+        def launch(r, c):
+            return c.reduce_scatter(xs[r], out=outs[r], **opts)
+
+        def check(got):
+            return [p for r in range(w) for p in check_close(outs[r], reference_reduce_scatter(xs, r), f"rank {r} out")]
+    else:
+        outs = [torch.empty((w * call.shape[0],) + call.shape[1:], dtype=dt, device="cuda") for _ in range(w)]
+        ref = reference_all_gather(xs)
+
+        def launch(r, c):
+            return c.all_gather(xs[r], out=outs[r], **opts)
+
+        def check(got):
+            return [f"rank {r} out differs from the ranks' inputs in rank order" for r in range(w)
+                    if not same_bits([outs[r], ref])]
+
+    def reset(got):
+        for o in outs:
+            poison(o)
+
+    return _execute(emu, side, call, launch, reset, check)
+
+
+def _fused(emu, side, call: FuzzCall, xs, opts) -> list[str]:
+    w, dt = emu.world, xs[0].dtype
+    hidden = call.shape[1]
+    sharded = call.residual_mode == "sharded"
+    res0 = rank_input(call.data_seed + 7, 0, call.shape, dt) if call.residual else None
+    weight = rank_input(call.data_seed + 9, 0, (hidden,), dt)
+    start = [None if res0 is None else sharded_residual(res0, r, w) if sharded else res0 for r in range(w)]
+    res = [None if s is None else s.clone() for s in start]
+    outs = [torch.empty(call.shape, dtype=dt, device="cuda") for _ in range(w)]
+    ref_out, ref_s = reference_fused(xs, res0, weight, call.eps)
+
+    def launch(r, c):
+        return c.fused_allreduce_rmsnorm(xs[r], res[r], weight, call.eps, residual_mode=call.residual_mode,
+                                         algorithm=call.algorithm, out=outs[r], **opts)
+
+    def reset(got):
+        for r in range(w):
+            poison(outs[r])
+            if res[r] is not None:
+                res[r].copy_(start[r])
+            elif got is not None:
+                poison(got[r][1])  # the residual the call made (in the graph's pool)
+
+    def check(got):
+        problems = [f"rank {r} {p}" for r, (o, s) in enumerate(got)
+                    for p in fused_problems(o, s, ref_out, ref_s, rank=r, world=w, mode=call.residual_mode,
+                                            sentinel_rows=call.residual)]
+        if not same_bits([o for o, _ in got]):
+            problems.append("out differs across ranks")
+        if not sharded and not same_bits([s for _, s in got]):
+            problems.append("residual differs across ranks")
+        return problems
+
+    return _execute(emu, side, call, launch, reset, check)
+
+
+def _execute(emu, side, call: FuzzCall, launch, reset, check) -> list[str]:
+    """Eager: reset, run, check. Graph (``call.graph``, after a clean eager run, which also loads
+    the kernels outside the capture): capture once, then ``REPLAYS`` x (reset, replay, check)."""
+    reset(None)
+    got = emu.run(launch)
+    torch.cuda.synchronize()
+    emu.check()
+    problems = [f"eager: {p}" for p in check(got)]
+    if problems or not call.graph:
+        return problems
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side), torch.cuda.graph(graph, stream=side):
+        got = emu.run(launch)
+    for i in range(REPLAYS):
+        reset(got)
+        graph.replay()
+        torch.cuda.synchronize()
+        emu.check()
+        problems = [f"graph replay {i}: {p}" for p in check(got)]
+        if problems:
+            break
+    del graph
+    return problems
