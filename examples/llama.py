@@ -37,6 +37,9 @@ RESIDUAL_MODES = ("replicated", "sharded")
 
 @dataclass(frozen=True)
 class LlamaConfig:
+    """Shapes of a Llama-style decoder: ``hidden``, MLP ``intermediate``, query and key/value
+    ``heads`` / ``kv_heads`` of ``head_dim``, ``layers``, RMSNorm ``eps`` and the RoPE base."""
+
     hidden: int
     intermediate: int
     heads: int
