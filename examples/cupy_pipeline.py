@@ -96,7 +96,7 @@ def main() -> int:
     import torch.distributed as dist
 
     import weave_nvshmem as wn
-    from weave_nvshmem.bench import agreement
+    from weave_nvshmem import testing
 
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", "29519")):
@@ -109,7 +109,7 @@ def main() -> int:
     comm = wn.Communicator()
     try:
         results = pipeline(comm, rank, world)
-        ok = agreement.all_true(all(r["ok"] for r in results))
+        ok = testing.all_true(all(r["ok"] for r in results))
         if rank == 0:
             for i, r in enumerate(results):
                 print(f"chunk {i} ({r['rows']} rows): out rel err {r['out_rel_err']:.2e}, "

@@ -23,7 +23,8 @@ import torch
 
 from examples import bench_layer
 from examples.llama import CONFIGS, RESIDUAL_MODES, SMALL, Collective, TPModel  # noqa: F401 - SMALL: tests/gpu
-from weave_nvshmem.bench import agreement, provenance
+from weave_nvshmem import testing
+from weave_nvshmem.bench import provenance
 from weave_nvshmem.bench.harness import err_text
 
 CHECK_TOKENS = (1, 3, 7, 1000, 2049)
@@ -88,10 +89,10 @@ def check_modes(model, comm, tokens_list=CHECK_TOKENS, *, ctas=8, tol=CHECK_TOL,
                 comm.synchronize()
             except Exception as exc:  # noqa: BLE001 - recorded in the row, agreed by all ranks
                 err = err_text(exc)
-            row["error"] = agreement.first_error(err)
+            row["error"] = testing.first_error(err)
             if row["error"] is None:
                 row["rel_err"], row["max_row_rel_err"] = errors(out, ref)
-                row["replicated"] = agreement.same_on_ranks(out)
+                row["replicated"] = testing.same_on_ranks(out)
                 row["ok"] = row["rel_err"] <= tol and row["max_row_rel_err"] <= row_tol and row["replicated"]
             else:
                 row["ok"] = False
@@ -141,7 +142,7 @@ def check_graph(model, comm, tokens: int, split: int, residual_mode: str, *, cta
                 fn()
             except Exception as exc:  # noqa: BLE001 - recorded in the row, agreed by all ranks
                 err = f"{stage}: {err_text(exc)}"
-            row["error"] = agreement.first_error(err)
+            row["error"] = testing.first_error(err)
             if row["error"]:
                 row["ok"] = False
                 return row
@@ -203,7 +204,7 @@ def check(args) -> int:
                 graphs.append(check_graph(model, comm, tokens, odd_split(tokens), rm, gemm_out=gemm_out, **opts))
                 if log:
                     log(_describe(graphs[-1]))
-        ok = agreement.all_true(all(r["ok"] for r in rows + graphs))
+        ok = testing.all_true(all(r["ok"] for r in rows + graphs))
         if rank == 0:
             doc = provenance.describe("tp_llama-check", torch.cuda.get_device_name(local), world)
             doc.update(schema="weave_nvshmem.tp_llama_check/1", config=dataclasses.asdict(cfg), weave_ctas=args.ctas,

@@ -14,7 +14,8 @@ norm suite, the layer benchmark, the scripts):
   string, so the run goes on and every rank stays in step.
 
 ``InputSets`` holds the rotated input sets; ``plan_sets`` says how many sets, calls and replays a
-size gets. Choices that must be identical on every rank go through ``agreement``.
+size gets. Choices that must be identical on every rank go through ``weave_nvshmem.testing``'s rank
+agreement (``Harness.gather`` / ``first_error`` / ``rank0`` on the run's control group).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import time
 import traceback
 import warnings
 
-from . import agreement
+from .. import testing
 
 KB, MB = 1 << 10, 1 << 20
 #: L2 bytes assumed when the device reports none (H100/H200: 50-60 MB)
@@ -143,16 +144,16 @@ class Harness:
             print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
 
     def gather(self, obj) -> list:
-        """Every rank's ``obj`` (collective; see ``agreement.gather``)."""
-        return agreement.gather(obj, self.ctrl) if self.distributed else [obj]
+        """Every rank's ``obj`` (collective; see ``weave_nvshmem.testing.gather``)."""
+        return testing.gather(obj, self.ctrl) if self.distributed else [obj]
 
     def first_error(self, err):
         """The first rank's error, prefixed by its rank, or None (collective)."""
-        return agreement.first_error(err, self.ctrl) if self.distributed else err
+        return testing.first_error(err, self.ctrl) if self.distributed else err
 
     def rank0(self, value):
         """Rank 0's ``value`` on every rank: the verdict of a choice measured on rank 0 (collective)."""
-        return agreement.rank0(value, self.ctrl) if self.distributed else value
+        return testing.rank0(value, self.ctrl) if self.distributed else value
 
     def try_run(self, fn) -> str | None:
         """Run ``fn``; this rank's error text, or None. Never raises."""
