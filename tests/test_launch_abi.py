@@ -1,9 +1,10 @@
-"""Host <-> kernel ABI without a GPU: the Communicator's launches name entry points that exist
-and pass arguments whose types match the entry's .param list, in order.
+"""Host <-> kernel ABI without a GPU: the kernel table matches the PTX entry signatures of every
+variant, and the Communicator's launches name entry points that exist and pass arguments whose
+types match the entry's .param list, in order.
 
-The Communicator is built without __init__ (no CUDA, no NVSHMEM): its kernel library and the
-``launch`` function are replaced by recorders, tensors are CPU tensors (only their addresses and
-shapes matter here).
+The Communicator is built without __init__ (no CUDA, no NVSHMEM) on a recording fabric: its kernel
+library and launch record requests, tensors are CPU tensors (only their addresses and shapes
+matter here).
 """
 from __future__ import annotations
 
@@ -15,63 +16,115 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from weave_nvshmem.collectives import communicator, plan  # noqa: E402
-from weave_nvshmem.collectives.communicator import CommOptions, Communicator  # noqa: E402
-from weave_nvshmem.ptx import catalog  # noqa: E402
+from weave_nvshmem.collectives import calls, communicator, plan  # noqa: E402
+from weave_nvshmem.collectives.communicator import OP_IDS, CommOptions, Communicator  # noqa: E402
+from weave_nvshmem.ptx import catalog, table  # noqa: E402
 
 NP_TO_PTX = {np.uint64: "u64", np.uint32: "u32", np.int64: "s64", np.float32: "f32"}
 TORCH_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 
 
-def entry_signature(file, dtype, world, entry):
-    """([param types], (min, max) threads per block) of ``entry`` in the rendered ``file``."""
+def entry_signature(file, dtype, world, entry, names=False):
+    """([param types] or [(name, type)], (min, max) threads per block) of ``entry`` in the rendered ``file``."""
     text = re.sub(r"//[^\n]*", "", catalog.render(file, dtype, world))  # comments may hold ')'
     m = re.search(rf"\.entry\s+{re.escape(entry)}\s*\((.*?)\)\s*(\.(maxntid|reqntid)\s+(\d+))?", text, re.S)
     assert m, f"{file} ({dtype}, w{world}) has no entry {entry}"
-    types = re.findall(r"\.param\s+\.(\w+)\s+\w+", m.group(1))
+    params = [(n, t) for t, n in re.findall(r"\.param\s+\.(\w+)\s+(\w+)", m.group(1))]
     n = int(m.group(4)) if m.group(4) else 1024
-    return types, ((n if m.group(3) == "reqntid" else 32), n)
+    return (params if names else [t for _, t in params]), ((n if m.group(3) == "reqntid" else 32), n)
+
+
+def table_variants():
+    """Every (spec, dtype, world, variant) the table can launch."""
+    for spec in table.KERNELS:
+        for world in (catalog.TEST_WORLDS if spec.per_world else (1,)):
+            for dtype in (catalog.DTYPES if spec.dtyped else (None,)):
+                for values in spec.variants:
+                    yield spec, dtype, world, dict(zip(spec.axes, values))
+
+
+def _tvid(v):
+    spec, dtype, world, variant = v
+    return f"{spec.op}-{spec.algorithm}-{spec.transport}-{dtype or 'untyped'}-w{world}-" + \
+        "-".join(f"{k}{x}" for k, x in variant.items())
+
+
+@pytest.mark.parametrize("v", list(table_variants()), ids=_tvid)
+def test_table_matches_the_ptx_entry(v):
+    """The table's entry name exists and its parameter list (names and types, channel block
+    included) is the rendered entry's, for every variant of every spec."""
+    spec, dtype, world, variant = v
+    file, rdtype, rworld = spec.render_args(dtype, world)
+    got, (lo, hi) = entry_signature(file, rdtype, rworld, spec.entry_name(dtype, world, variant), names=True)
+    assert got == [(f"p_{n}", t) for n, t in spec.param_list(rworld)]
+    if isinstance(spec.block, int):
+        assert lo <= spec.block <= hi
+    elif spec.block == "group":
+        assert lo == hi == 32 * variant["group"]
+    elif spec.block == "shape" and variant["shape"].startswith("g"):
+        assert lo == hi == 32 * int(variant["shape"][1:])
+    else:  # the row block: 32..512 threads
+        assert (lo, hi) == (32, 512)
+    assert spec.smem == 0 and (spec.flags is None) == ("p_flags" not in dict(got))
+
+
+def test_flag_enums_name_every_bit():
+    assert [int(f) for f in table.AllReduceFlags] == [1, 2, 4]  # NONE is the empty flag
+    assert [int(f) for f in table.FusedFlags] == [1, 2, 4]
+    for spec in table.KERNELS:
+        assert spec.flags is None or isinstance(spec.flags, (table.AllReduceFlags, table.FusedFlags))
+        assert spec.status in ("", table.MULTICAST_STATUS)
+        assert (spec.transport == "multicast") == (spec.status == table.MULTICAST_STATUS)
+
+
+def test_pack_checks_names_and_orders_by_the_table():
+    spec = table.spec("put", "copy")
+    assert spec.pack(1, {"src": 2, "nbytes": 3, "dst": 1}) == (np.uint64(1), np.uint64(2), np.uint64(3))
+    with pytest.raises(TypeError, match="missing"):
+        spec.pack(1, {"src": 2, "dst": 1})
+    with pytest.raises(TypeError, match="unexpected"):
+        spec.pack(1, {"src": 2, "nbytes": 3, "dst": 1, "flags": 0})
 
 
 class Recorder:
-    def __init__(self):
+    """A fabric that records kernel requests and launches (no GPU)."""
+
+    def __init__(self, world, rank):
+        self.rank, self.world, self.device_id = rank, world, 0
+        self.kernels = self
         self.requests = []
         self.launches = []
 
-    def kernel(self, file, entry, dtype=None, world=1, *, shmem=0):
-        key = (file, entry, dtype, world)
+    def kernel(self, spec, dtype, world, variant):
+        key = (spec, dtype, world, spec.entry_name(dtype, world, variant))
         self.requests.append(key)
-        self.shmem_allowed = shmem
         return key
 
-    def launch(self, stream, grid, block, kernel, *args, shmem=0):
-        assert shmem <= self.shmem_allowed, "launch asks for more shared memory than the kernel was allowed"
+    def zero_copy(self, channel, t):
+        return False
+
+    def launch(self, stream, grid, block, kernel, args, shmem=0):
         self.launches.append((grid, block, kernel, args, shmem))
 
 
 @pytest.fixture
 def make_comm(monkeypatch):
-    rec = Recorder()
-    monkeypatch.setattr(communicator, "launch", rec.launch)
-
-    def _validate(self, op, xt):  # the real one, less its insistence on a CUDA tensor
-        self._usable(op)
-        dt = plan.ptx_dtype(xt.dtype, op)
-        communicator._check_contiguous(op, x=xt)
-        return dt
-
-    monkeypatch.setattr(Communicator, "_validate", _validate)
+    monkeypatch.setattr(calls, "_check_device", lambda op, t, device_id: None)  # CPU tensors stand in
     monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", "/nonexistent/tuning.json")
 
     def make(world, rank=0):
+        rec = Recorder(world, rank)
         comm = object.__new__(Communicator)
         comm.options = CommOptions(timeout_s=1.5)
+        comm._fabric = rec
         comm.rank, comm.world, comm.device_id = rank, world, 0
-        comm._kernels = rec
         comm._err = SimpleNamespace(words=np.zeros(4, np.uint32), device_ptr=0x7000)
         comm._channels = [SimpleNamespace(cap=1 << 30, ws=0x10_0000, mc_ws=0,
                                           deltas=tuple(np.int64(p << 32) for p in range(world)))]
+        comm._channels[0].values = lambda ch=comm._channels[0]: {
+            "ws": ch.ws, "cap": ch.cap, **{f"dl{p}": d for p, d in enumerate(ch.deltas)}}
         comm._broken = None
+        comm.multicast_reason = "not requested"
         return comm, rec
 
     return make
@@ -79,13 +132,12 @@ def make_comm(monkeypatch):
 
 def check_launch(rec):
     assert len(rec.launches) == 1
-    grid, block, (file, entry, dtype, world), args, shmem = rec.launches[0]
-    # an H100/H200 block has 227 KB of shared memory; the kernels' static part is ~1 KB
-    assert 0 <= shmem <= 226 * 1024 and (shmem > 0) == (file == "bulk.ptx")
-    types, (lo, hi) = entry_signature(file, dtype, world, entry)
+    grid, block, (spec, dtype, world, entry), args, shmem = rec.launches[0]
+    assert shmem == 0
+    types, (lo, hi) = entry_signature(*spec.render_args(dtype, world), entry)
     got = [NP_TO_PTX.get(type(a), type(a).__name__) for a in args]
     assert got == types, f"{entry}: host passes {got}, kernel declares {types}"
-    assert 1 <= grid <= catalog.MAX_CTAS
+    assert 1 <= grid and (grid <= catalog.MAX_CTAS or not spec.channel)
     assert lo <= block <= hi and block % 32 == 0
     rec.launches.clear()
     return entry, args
@@ -102,42 +154,14 @@ def test_all_reduce_launch(make_comm, world, dt, algorithm):
     for n in (1, 13, 4096):
         x = torch.zeros(n, dtype=TORCH_DTYPES[dt])
         out = comm.all_reduce(x, algorithm=algorithm)
+        if world == 1 and algorithm == "auto":  # one rank: a device copy, no kernel
+            assert rec.launches == [] and comm.plan("all_reduce", x).algorithm == "copy"
+            continue
         entry, args = check_launch(rec)
         assert entry.startswith("wn_allreduce_") and entry.endswith(f"_{dt}_w{world}")
         assert int(args[0]) == out.data_ptr() and int(args[2]) == n and int(args[3]) == 0
         assert int(args[6]) == world - 1  # rank
         assert int(args[7]) == 1_500_000_000  # timeout in ns
-
-
-@pytest.mark.parametrize("world", WORLDS)
-@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
-def test_bulk_launches(make_comm, world, dt):
-    """The bulk-copy kernels: (out, inp, n, chunk, smem) and the fused head + (chunk, smem); stages
-    for two chunks of every phase fit the shared memory asked for."""
-    comm, rec = make_comm(world)
-    tdt, ve = TORCH_DTYPES[dt], catalog.VEC_ELEMS[dt]
-    for n in (ve, 1000 * ve, (1 << 20) * ve):
-        comm.all_reduce(torch.zeros(n, dtype=tdt), algorithm="bulk")
-        entry, args = check_launch(rec)
-        assert entry == f"wn_allreduce_bulk_{dt}_w{world}" and int(args[2]) == n
-        chunk, smem = int(args[3]), int(args[4])
-        assert chunk >= 1 and 2 * world * chunk * 16 <= smem
-    with pytest.raises(ValueError, match="bulk"):
-        comm.all_reduce(torch.zeros(ve + 1, dtype=tdt), algorithm="bulk")
-    for rows, hidden in ((1, 1024), (3, 4096), (1000, 8 * ve)):
-        row_bytes = hidden * (16 // ve)
-        if 2 * (world + 1) * row_bytes > plan.BULK_SMEM:
-            with pytest.raises(ValueError, match="bulk"):
-                comm.fused_allreduce_rmsnorm(torch.zeros(rows, hidden, dtype=tdt), None,
-                                             torch.ones(hidden, dtype=tdt), algorithm="bulk")
-            continue
-        for mode in ("replicated", "sharded"):
-            comm.fused_allreduce_rmsnorm(torch.zeros(rows, hidden, dtype=tdt), torch.zeros(rows, hidden, dtype=tdt),
-                                         torch.ones(hidden, dtype=tdt), residual_mode=mode, algorithm="bulk")
-            entry, args = check_launch(rec)
-            assert entry == f"wn_fused_bulk_{dt}_w{world}"
-            chunk, smem = int(args[8]), int(args[9])
-            assert chunk >= 1 and 2 * chunk * row_bytes <= smem and 2 * (world + 1) * row_bytes <= smem
 
 
 @pytest.mark.parametrize("world", [2, 4, 8])
@@ -197,13 +221,88 @@ def test_fused_twoshot_launch_every_group(make_comm, world, dt):
     assert seen == {1, 2, 4, 8, 16}
 
 
+@pytest.mark.parametrize("dt", list(TORCH_DTYPES))
+def test_fused_local_launch_at_world_one(make_comm, dt):
+    """World 1: auto runs fused_local.ptx, one CTA per row of 32*GW threads (GW from
+    LOCAL_GROUP_WARPS[vpt]), the one-row kernels' vthreads; "local" is refused at other worlds."""
+    comm, rec = make_comm(1)
+    tdt, ve = TORCH_DTYPES[dt], catalog.VEC_ELEMS[dt]
+    seen = set()
+    for hidden in (ve, 512 * ve, 512 * ve + ve, 1024 * ve + ve, 4096 * ve):
+        threads, vpt = plan.fused_block(hidden, dt)
+        gw = plan.LOCAL_GROUP_WARPS[vpt]
+        for rows, residual, mode in ((3, True, "replicated"), (300, False, "sharded")):
+            x = torch.zeros(rows, hidden, dtype=tdt)
+            res = torch.zeros(rows, hidden, dtype=tdt) if residual else None
+            for algorithm in ("auto", "local"):
+                comm.fused_allreduce_rmsnorm(x, res, torch.ones(hidden, dtype=tdt), 1e-5, residual_mode=mode,
+                                             algorithm=algorithm)
+                grid, block = rec.launches[0][:2]
+                entry, args = check_launch(rec)
+                assert entry == f"wn_fused_local_{dt}_g{gw}_v{vpt}" and (grid, block) == (rows, 32 * gw)
+                assert int(args[7]) == (2 if residual else 0) and int(args[8]) == threads
+                seen.add((gw, vpt))
+    assert {v for v in seen} == {(plan.LOCAL_GROUP_WARPS[v], v) for v in (1, 2, 4, 8)}
+    for vpt, shapes in plan.LOCAL_SHAPES.items():  # every rendered shape launches with its own block
+        hidden = 512 * vpt * ve
+        for shape in shapes:
+            communicator.launch_local(comm, torch.zeros(7, hidden, dtype=tdt), None, torch.ones(hidden, dtype=tdt),
+                                      shape=shape)
+            grid, block = rec.launches[0][:2]
+            entry, args = check_launch(rec)
+            assert entry == f"wn_fused_local_{dt}_{shape}_v{vpt}" and grid == 7
+            assert block == (32 * int(shape[1:]) if shape.startswith("g") else 512) and int(args[8]) == 512
+    with pytest.raises(ValueError, match="local_shape must be one of"):
+        communicator.launch_local(comm, torch.zeros(7, 513 * ve, dtype=tdt), None, torch.ones(513 * ve, dtype=tdt),
+                                  shape="g2")  # vpt 2 has no 2-warp shape
+    two, _ = make_comm(2)
+    with pytest.raises(ValueError, match="algorithm 'local' runs only at world size 1"):
+        two.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(16), algorithm="local")
+
+
+@pytest.mark.parametrize("op", ["all_reduce", "reduce_scatter", "all_gather"])
+def test_world_one_collectives_are_copies(make_comm, op):
+    """At world 1 the data ops are a device copy (none in place) and launch no kernel."""
+    comm, rec = make_comm(1)
+    x = torch.arange(64, dtype=torch.float32).view(8, 8)
+    y = getattr(comm, op)(x)
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr() and rec.launches == []
+    out = torch.empty_like(x)
+    assert getattr(comm, op)(x, out=out) is out and torch.equal(out, x)
+    assert getattr(comm, op)(x, out=x) is x
+    p = comm.plan(op, x)
+    assert p.algorithm == "copy" and p.kernel is None and "world 1" in p.reason
+
+
+def test_plan_says_what_runs_and_why(make_comm):
+    comm, rec = make_comm(4)
+    x = torch.zeros(4096, 8192, dtype=torch.bfloat16)
+    r = torch.zeros_like(x)
+    w = torch.ones(8192, dtype=torch.bfloat16)
+    p = comm.plan("fused_allreduce_rmsnorm", x, r, w, 1e-6, residual_mode="sharded")
+    assert (p.algorithm, p.transport, p.block) == ("twoshot", "p2p", 512)
+    assert p.entry == f"wn_fused_twoshot_bf16_w4_g{p.group}" and p.kernel is table.spec(p.op, "twoshot")
+    assert p.flags == table.FusedFlags.SHARDED | table.FusedFlags.RESIDUAL and "sharded" in p.reason
+    assert "twoshot" in str(p) and p.entry in str(p)
+    small = comm.plan("all_reduce", torch.zeros(1024, dtype=torch.bfloat16), ctas=3)
+    assert (small.algorithm, small.grid) == ("lamport", 3) and "Lamport slot" in small.reason
+    assert "ctas given" in small.reason
+    assert comm.plan("all_reduce", torch.zeros(0)).algorithm == "none"
+    assert comm.plan("barrier").entry == "wn_barrier_w4"
+    assert rec.launches == []  # planning launches nothing
+    with pytest.raises(ValueError, match="plan: op must be one of"):
+        comm.plan("all_to_all", x)
+    with pytest.raises(ValueError, match="fused_allreduce_rmsnorm: residual_mode"):
+        comm.plan("fused_allreduce_rmsnorm", x, r, w, residual_mode="halved")
+
+
 @pytest.mark.parametrize("world", WORLDS)
 def test_barrier_launch(make_comm, world):
     comm, rec = make_comm(world)
     comm.barrier()
     entry, args = check_launch(rec)
     assert entry == f"wn_barrier_w{world}"
-    assert int(args[5]) == communicator.OP_IDS["barrier"]
+    assert int(args[5]) == OP_IDS["barrier"]
 
 
 def test_copy_kernel_signature():

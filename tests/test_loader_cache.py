@@ -1,8 +1,9 @@
-"""ptx.loader without a GPU: the on-disk cubin cache and stream-handle adaptation."""
+"""ptx.loader without a GPU: the on-disk cubin cache (in settings.cache_dir())."""
 from __future__ import annotations
 
 import pytest
 
+from weave_nvshmem import settings
 from weave_nvshmem.ptx import loader
 
 
@@ -28,13 +29,18 @@ def _no_link(ptx, arch):
 
 
 def test_cache_dir_follows_env(cache):
-    assert loader.cache_dir() == cache
+    assert settings.cache_dir() == cache
 
 
 def test_cache_dir_default(monkeypatch, tmp_path):
     monkeypatch.delenv("WEAVE_NVSHMEM_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert loader.cache_dir() == tmp_path / ".cache" / "weave_nvshmem"
+    assert settings.cache_dir() == tmp_path / ".cache" / "weave_nvshmem"
+
+
+def test_device_slug():
+    assert settings.device_slug("NVIDIA H200") == "nvidia-h200"
+    assert settings.device_slug("  NVIDIA GH200 480GB (x) ") == "nvidia-gh200-480gb-x"
 
 
 def test_second_call_is_served_from_disk(cache):
@@ -100,36 +106,3 @@ def test_cache_key_depends_on_source_and_arch():
     assert k != loader.cache_key("ptx2", "sm_90a")
     # the separator keeps (arch, source) pairs apart
     assert loader.cache_key("a", "sm_90") != loader.cache_key("0a", "sm_9")
-
-
-# ---- stream handles ------------------------------------------------------------------------
-
-class TorchLikeStream:
-    cuda_stream = 0x1234
-
-
-class CupyLikeStream:
-    ptr = 0x5678
-
-
-class ProtocolStream:
-    def __cuda_stream__(self):
-        return (0, 0x9ABC)
-
-
-def test_stream_handle_int():
-    assert loader.stream_handle(0) == 0
-    assert loader.stream_handle(0xDEADBEEF) == 0xDEADBEEF
-
-
-@pytest.mark.parametrize("stream,handle", [(TorchLikeStream(), 0x1234), (CupyLikeStream(), 0x5678),
-                                           (ProtocolStream(), 0x9ABC)])
-def test_stream_handle_objects(stream, handle):
-    h = loader.stream_handle(stream)
-    assert h == handle and isinstance(h, int)
-
-
-@pytest.mark.parametrize("bad", [object(), "stream", 1.5, [1], {"ptr": 3}])
-def test_stream_handle_rejects_others(bad):
-    with pytest.raises(TypeError, match="CUDA stream"):
-        loader.stream_handle(bad)

@@ -1,4 +1,4 @@
-"""A pure-numpy model of the P2P kernels' data partition (allreduce.ptx, fused_twoshot.ptx, bulk.ptx).
+"""A pure-numpy model of the P2P kernels' data partition (allreduce.ptx, fused_twoshot.ptx).
 
 It replays the index arithmetic of the kernels' loops -- segment r = vectors [ss_r, ss_{r+1}),
 ss_r = nvec*r//W; block b, thread t handles segment-local j = b*ntid + t + k*grid*ntid, j < jn =
@@ -220,76 +220,3 @@ def test_fused_twoshot_rows(rows, world, grid):
                 (b_red, _), = done[("reduce", owner, row)]
                 (b_gat, _), = done[("gather", rank, row)]
                 assert b_push == b_red == b_gat
-
-
-# ---- bulk.ptx: chunks of p_chunk units, block b takes chunks b, b+grid, ... of every segment ----
-
-def bulk_items(units, world, rank, b, grid, cu):
-    """cpitem.ptxinc for block b of ``rank``: [(peer, first unit, n units)] in issue order."""
-    sg = segments(units, world)
-    jn = -(-units // world)
-    nchunk = -(-jn // cu)
-    nb = (nchunk - 1 - b) // grid + 1 if b < nchunk else 0
-    items = []
-    for i in range(nb * (world - 1)):
-        g, d = divmod(i, world - 1)
-        r = (rank + 1 + d) % world
-        t = b + g * grid
-        n = max(0, min(cu, sg[r + 1] - sg[r] - t * cu))
-        items.append((r, sg[r] + t * cu, n))
-    return items
-
-
-def bulk_own_chunks(units, world, rank, b, grid, cu):
-    """Phase 2 of wn_allreduce_bulk: block b's chunks of our own segment."""
-    sg = segments(units, world)
-    lo, hi = sg[rank], sg[rank + 1]
-    nchunk = -(-(-(-units // world)) // cu)
-    nb = (nchunk - 1 - b) // grid + 1 if b < nchunk else 0
-    return [(lo + (b + i * grid) * cu, max(0, min(cu, hi - lo - (b + i * grid) * cu))) for i in range(nb)]
-
-
-@pytest.mark.parametrize("units", [1, 3, 7, 64, 1000, 4097])
-@pytest.mark.parametrize("world", [2, 3, 4, 8])
-@pytest.mark.parametrize("grid,cu", [(1, 1), (3, 2), (16, 1024), (5, 7)])
-def test_bulk_partition(units, world, grid, cu):
-    """Every unit of segment r is pushed to r by every other rank exactly once (phase 1) and pulled
-    from r by every other rank exactly once (phase 3, same items), by the same block index on both
-    ranks; phase 2 reduces each unit of the own segment exactly once."""
-    sg = segments(units, world)
-    for rank in range(world):
-        moved = Counter()
-        reduced = Counter()
-        for b in range(grid):
-            for r, start, n in bulk_items(units, world, rank, b, grid, cu):
-                assert r != rank and n >= 0
-                for u in range(start, start + n):
-                    assert sg[r] <= u < sg[r + 1]
-                    moved[(r, u)] += 1
-                    # block b of the owner handles the same chunk in its phase 2
-                    assert any(s <= u < s + m for s, m in bulk_own_chunks(units, world, r, b, grid, cu))
-            for s, m in bulk_own_chunks(units, world, rank, b, grid, cu):
-                for u in range(s, s + m):
-                    reduced[u] += 1
-        expect = {(r, u) for r in range(world) if r != rank for u in range(sg[r], sg[r + 1])}
-        assert set(moved) == expect and set(moved.values()) <= {1}
-        assert set(reduced) == set(range(sg[rank], sg[rank + 1])) and set(reduced.values()) <= {1}
-
-
-@pytest.mark.parametrize("rows", [1, 13, 64, 1000])
-@pytest.mark.parametrize("world", [2, 4, 5, 8])
-@pytest.mark.parametrize("hidden", [1024, 4096, 8192])
-@pytest.mark.parametrize("ctas", [None, 1, 3, 16])
-def test_fused_bulk_blocks_push_the_rows_they_reduce(rows, world, hidden, ctas):
-    """wn_fused_bulk with the planned chunk: every row block b pushes to its owner (phase 1) is a row
-    the owner's block b reduces (phase 2: rows lo + b + i*grid), so the block-pairwise barrier
-    orders push before reduce; phase 3 pulls the same items, after the owner's block b wrote them."""
-    if 2 * (world + 1) * hidden * 2 > plan.BULK_SMEM:
-        return
-    p = plan.plan_fused(rows, hidden, "bf16", world, "bulk", ctas)
-    sg = segments(rows, world)
-    for rank in range(world):
-        for b in range(p.grid):
-            for r, start, n in bulk_items(rows, world, rank, b, p.grid, p.chunk):
-                reduced_by_b = set(range(sg[r] + b, sg[r + 1], p.grid))
-                assert set(range(start, start + n)) <= reduced_by_b, (rank, b, r, start, n)

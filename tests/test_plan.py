@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from weave_nvshmem.collectives import plan
+from weave_nvshmem.collectives import plan, tuning
 from weave_nvshmem.collectives.plan import Launch, fused_block, owned_rows, plan_all_reduce, plan_fused
 from weave_nvshmem.ptx.catalog import MAX_CTAS, MAX_WORLD, VEC_ELEMS
 
@@ -34,27 +34,24 @@ def hiddens(dtype):
 @pytest.mark.parametrize("algorithm", plan.ALLREDUCE_ALGORITHMS)
 def test_plan_all_reduce_valid_and_deterministic(dtype, world, algorithm):
     for nelem in NELEMS:
-        if algorithm == "bulk" and nelem % VEC_ELEMS[dtype]:
-            with pytest.raises(ValueError, match="all_reduce: algorithm 'bulk'"):
-                plan_all_reduce(nelem, dtype, world, algorithm)
-            continue
         if algorithm == "lamport" and -(-nelem // VEC_ELEMS[dtype]) * 16 > plan.LAMPORT_SLOT:
             with pytest.raises(ValueError, match="all_reduce: algorithm 'lamport'"):
                 plan_all_reduce(nelem, dtype, world, algorithm)
             continue
         p = plan_all_reduce(nelem, dtype, world, algorithm)
         assert p == plan_all_reduce(nelem, dtype, world, algorithm)
-        assert isinstance(p, Launch)
-        assert p.algorithm in ("lamport", "oneshot", "twoshot", "bulk")
+        assert isinstance(p, Launch) and p.reason
+        if world == 1 and algorithm == "auto":  # one rank: a device copy, no kernel
+            assert p.algorithm == "copy" and p.kernel is None and p.entry is None
+            continue
+        assert p.algorithm in ("lamport", "oneshot", "twoshot")
         if algorithm != "auto":
             assert p.algorithm == algorithm
+        assert p.kernel is plan.table.spec("all_reduce", p.algorithm) and p.entry.endswith(f"_{dtype}_w{world}")
         assert 1 <= p.grid <= MAX_CTAS and isinstance(p.grid, int)
         assert 32 <= p.block <= 1024 and p.block % 32 == 0
         assert p.vpt == 1
-        # bulk: two stages of W chunks (phase 2) fit; other kernels use no dynamic shared memory
-        assert (p.smem > 0) == (p.algorithm == "bulk")
-        if p.algorithm == "bulk":
-            assert p.chunk >= 1 and 2 * world * 16 * p.chunk <= p.smem <= 226 * 1024
+        assert p.smem == 0  # no kernel uses dynamic shared memory
 
 
 def test_plan_all_reduce_zero_elements_still_launchable():
@@ -66,6 +63,13 @@ def test_plan_all_reduce_zero_elements_still_launchable():
 def test_plan_all_reduce_explicit_ctas(ctas):
     for algorithm in plan.ALLREDUCE_ALGORITHMS:
         assert plan_all_reduce(1 << 16, "f16", 8, algorithm, ctas).grid == ctas
+
+
+def test_bulk_is_retired():
+    assert "bulk" not in plan.ALLREDUCE_ALGORITHMS + plan.FUSED_ALGORITHMS
+    for fn in (lambda: plan_all_reduce(1024, "bf16", 2, "bulk"), lambda: plan_fused(4, 1024, "bf16", 2, "bulk")):
+        with pytest.raises(ValueError, match="algorithm must be one of"):
+            fn()
 
 
 def test_plan_all_reduce_auto_picks_lamport_then_oneshot_for_small_inputs():
@@ -102,6 +106,10 @@ def test_fused_block_rejects_too_large_rows(dtype):
 @pytest.mark.parametrize("algorithm", plan.FUSED_ALGORITHMS)
 def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
     ve = VEC_ELEMS[dtype]
+    if algorithm == "local" and world != 1:
+        with pytest.raises(ValueError, match="algorithm 'local' runs only at world size 1"):
+            plan_fused(8, 1024, dtype, world, algorithm)
+        return
     for rows in ROWS:
         for hidden in hiddens(dtype):
             row_bytes = hidden * 16 // ve
@@ -109,17 +117,18 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
                 with pytest.raises(ValueError, match="algorithm 'lamport'"):
                     plan_fused(rows, hidden, dtype, world, algorithm)
                 continue
-            if algorithm == "bulk" and 2 * (world + 1) * row_bytes > plan.BULK_SMEM:
-                with pytest.raises(ValueError, match="algorithm 'bulk'"):
-                    plan_fused(rows, hidden, dtype, world, algorithm)
-                continue
             p = plan_fused(rows, hidden, dtype, world, algorithm)
             assert p == plan_fused(rows, hidden, dtype, world, algorithm)
-            assert p.algorithm in ("lamport", "oneshot", "twoshot", "bulk")
-            if p.algorithm == "bulk":
-                assert 2 * (world + 1) * row_bytes <= p.smem and 2 * p.chunk * row_bytes <= p.smem
+            assert p.algorithm in ("lamport", "oneshot", "twoshot", "local")
+            assert (p.algorithm == "local") == (world == 1 and algorithm in ("auto", "local"))
             if algorithm != "auto":
                 assert p.algorithm == algorithm
+            assert p.smem == 0 and p.reason
+            if p.algorithm == "local":  # world 1: one CTA per row, LOCAL_GROUP_WARPS warps each
+                assert p.grid == max(1, rows) and p.vpt == fused_block(hidden, dtype)[1]
+                assert p.group == plan.LOCAL_GROUP_WARPS[p.vpt] and p.block == 32 * p.group
+                assert p.entry == f"wn_fused_local_{dtype}_g{p.group}_v{p.vpt}"
+                continue
             assert 1 <= p.grid <= MAX_CTAS
             if p.algorithm == "twoshot":  # 16 warps, a group of them per row
                 assert p.block == plan.TWOSHOT_BLOCK and p.group == plan.row_group(-(-(-(-rows // world)) // p.grid))
@@ -154,6 +163,37 @@ def test_plan_fused_auto_decode_vs_prefill():
     assert plan_fused(4096, 4096, "bf16", 8).algorithm == "twoshot"
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("rows", [1, 16, 8191])
+def test_plan_fused_world_one_is_local(rows, sharded):
+    """World 1: auto runs the local kernel for any rows and both residual modes; explicit other
+    algorithms still plan their own kernels; the sharded bit means nothing there (masked)."""
+    p = plan_fused(rows, 8192, "bf16", 1, sharded=sharded, residual=True)
+    assert p.algorithm == "local" and p.transport == "local" and "world 1" in p.reason
+    assert p.flags == plan.FusedFlags.RESIDUAL
+    assert plan_fused(rows, 8192, "bf16", 1, "twoshot", sharded=sharded).algorithm == "twoshot"
+    assert plan_fused(rows, 8192, "bf16", 1, "oneshot").algorithm == "oneshot"
+
+
+def test_flags_are_what_the_kernel_honours():
+    F, A = plan.FusedFlags, plan.AllReduceFlags
+    two = plan_fused(4096, 4096, "bf16", 4, "twoshot", sharded=True, residual=True, zero_copy=True)
+    assert two.flags == F.SHARDED | F.RESIDUAL | F.ZERO_COPY and two.transport == "p2p"
+    mc = plan_fused(4096, 4096, "bf16", 4, "twoshot", sharded=True, residual=True, zero_copy=True, multicast=True)
+    assert mc.flags == F.SHARDED | F.RESIDUAL and mc.entry.startswith("wn_fused_multimem_")  # no zero copy there
+    assert mc.block == fused_block(4096, "bf16")[0] and mc.kernel.status == plan.table.MULTICAST_STATUS
+    one = plan_fused(8, 4096, "bf16", 4, "oneshot", residual=True, zero_copy=True)
+    assert one.flags == F.RESIDUAL
+    assert plan_all_reduce(1 << 24, "bf16", 4, "twoshot", zero_copy=True).flags == A.ZERO_COPY
+    assert plan_all_reduce(1 << 24, "bf16", 4, "oneshot", zero_copy=True).flags == A.NONE
+    assert plan_all_reduce(1 << 24, "bf16", 4, "twoshot", zero_copy=True, multicast=True).flags == A.NONE
+    rs = plan.plan_scatter_gather("reduce_scatter", 1 << 20, "bf16", 4, zero_copy=True)
+    ag = plan.plan_scatter_gather("all_gather", 1 << 20, "bf16", 4, zero_copy=True)
+    assert rs.flags == A.REDUCE_SCATTER | A.ZERO_COPY and ag.flags == A.ALL_GATHER
+    assert rs.grid == ag.grid == plan_all_reduce(1 << 20, "bf16", 4, "twoshot").grid
+    assert plan.plan_scatter_gather("all_gather", 1 << 20, "bf16", 1).algorithm == "copy"
+
+
 # ---- tuning table ----------------------------------------------------------------------------
 
 def test_tuning_table_is_honoured(tmp_path, monkeypatch):
@@ -164,9 +204,10 @@ def test_tuning_table_is_honoured(tmp_path, monkeypatch):
     path = tmp_path / "tuning.json"
     path.write_text(json.dumps(table))
     monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", str(path))
-    # smallest measured size >= the input's bytes
-    assert plan_all_reduce(256, "f32", 4) == Launch("oneshot", 5, 512)
-    assert plan_all_reduce(257, "f32", 4) == Launch("twoshot", 3, 512)
+    # smallest measured size >= the input's bytes; the reason names the row and the file
+    assert _agb(plan_all_reduce(256, "f32", 4)) == ("oneshot", 5, 512)
+    assert _agb(plan_all_reduce(257, "f32", 4)) == ("twoshot", 3, 512)
+    assert "bytes <= 4096" in plan_all_reduce(257, "f32", 4).reason and str(path) in plan_all_reduce(257, "f32", 4).reason
     # explicit ctas win over the table; explicit algorithms ignore it
     assert plan_all_reduce(257, "f32", 4, ctas=2).grid == 2
     assert plan_all_reduce(257, "f32", 4, "oneshot").algorithm == "oneshot"
@@ -175,6 +216,10 @@ def test_tuning_table_is_honoured(tmp_path, monkeypatch):
         assert plan_all_reduce(*args) == launch
     p = plan_fused(8, 4096, "bf16", 2)
     assert (p.algorithm, p.grid) == ("twoshot", 9)
+
+
+def _agb(p):
+    return p.algorithm, p.grid, p.block
 
 
 # ---- owned rows ------------------------------------------------------------------------------
@@ -258,26 +303,25 @@ def test_tuning_table_per_device_and_stale_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
-    assert plan.tuning_path() == tmp_path / "tuning" / "nvidia-h200.json"
-    plan._load.cache_clear()
+    tuning.clear_cache()
+    assert tuning.own_path() == tmp_path / "tuning" / "nvidia-h200.json"
     heuristic = {n: plan_all_reduce(n, "f32", 4) for n in (256, 1000)}  # no table yet
-    plan.tuning_path().parent.mkdir(parents=True)
-    plan.tuning_path().write_text(json.dumps({"all_reduce": {"4": [
+    tuning.own_path().parent.mkdir(parents=True)
+    tuning.own_path().write_text(json.dumps({"all_reduce": {"4": [
         {"bytes": 1024, "algorithm": "fourshot", "ctas": 3},
         {"bytes": 4096, "algorithm": "twoshot", "ctas": 0},
         {"bytes": 1 << 20, "algorithm": "twoshot", "ctas": 6}]}}))
-    plan._load.cache_clear()
+    tuning.clear_cache()
     assert plan_all_reduce(256, "f32", 4) == heuristic[256]     # unknown algorithm: built-in rules
     assert plan_all_reduce(1000, "f32", 4) == heuristic[1000]   # ctas out of range: built-in rules
-    assert plan_all_reduce(100_000, "f32", 4) == Launch("twoshot", 6, 512)
-    plan._load.cache_clear()
-    plan._device_name.cache_clear()
+    assert _agb(plan_all_reduce(100_000, "f32", 4)) == ("twoshot", 6, 512)
+    tuning.clear_cache()
 
 
 def test_shipped_table_under_the_own_one(tmp_path, monkeypatch):
     """On a device model the package has measured, auto follows the shipped table; the tune
     command's own table wins per (op, world); $WEAVE_NVSHMEM_TUNING replaces both."""
-    shipped = json.loads(plan.SHIPPED_TUNING.read_text())
+    shipped = json.loads(tuning.SHIPPED.read_text())
     rows = shipped["nvidia-h200"]["fused_allreduce_rmsnorm"]["2"]
     assert rows == sorted(rows, key=lambda r: r["bytes"]) and all(
         r["algorithm"] in plan.FUSED_ALGORITHMS[1:] and 1 <= r["ctas"] <= MAX_CTAS for r in rows)
@@ -287,21 +331,21 @@ def test_shipped_table_under_the_own_one(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
-    plan._device_name.cache_clear()
-    plan._load.cache_clear()
+    tuning.clear_cache()
     first = rows[0]  # the smallest size the tune measured: 1 token x 8192 (16 KB)
     p = plan_fused(1, 8192, "bf16", 2)
     assert first["bytes"] == 16384 and (p.algorithm, p.grid) == (first["algorithm"], first["ctas"])
     own = {"fused_allreduce_rmsnorm": {"2": [{"bytes": 1 << 40, "algorithm": "twoshot", "ctas": 5}]}}
-    plan.tuning_path().parent.mkdir(parents=True)
-    plan.tuning_path().write_text(json.dumps(own))
-    plan._load.cache_clear()
+    tuning.own_path().parent.mkdir(parents=True)
+    tuning.own_path().write_text(json.dumps(own))
+    tuning.clear_cache()
     assert (plan_fused(1, 8192, "bf16", 2).algorithm, plan_fused(1, 8192, "bf16", 2).grid) == ("twoshot", 5)
-    assert plan_all_reduce(8192, "bf16", 2) == plan.Launch(*_tuned_all_reduce(shipped, 8192 * 2), 512)
+    assert _agb(plan_all_reduce(8192, "bf16", 2)) == (*_tuned_all_reduce(shipped, 8192 * 2), 512)
+    assert "shipped table nvidia-h200" in plan_all_reduce(8192, "bf16", 2).reason
+    assert tuning.read()["fused_allreduce_rmsnorm"]["2"] == own["fused_allreduce_rmsnorm"]["2"]
     monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", str(tmp_path / "absent.json"))
     assert plan_fused(1, 8192, "bf16", 2).algorithm == "lamport"  # built-in rules
-    plan._load.cache_clear()
-    plan._device_name.cache_clear()
+    tuning.clear_cache()
 
 
 def _tuned_all_reduce(shipped, nbytes):
@@ -309,17 +353,23 @@ def _tuned_all_reduce(shipped, nbytes):
     return row["algorithm"], row["ctas"]
 
 
-def test_tune_pick_prefers_few_ctas_within_tolerance():
-    from weave_nvshmem.bench import tune_pick, tuning_table
-
-    times = {("twoshot", 64): 100.0, ("twoshot", 16): 102.5, ("twoshot", 8): 110.0, ("bulk", 8): None}
-    assert tune_pick(times) == ("twoshot", 16)
-    assert tune_pick(times, tolerance=0.0) == ("twoshot", 64)
-    assert tune_pick({("bulk", 2): None}) is None
-    rows = [{"op": "all_reduce", "bytes": 8, "algorithm": "lamport", "ctas": 2},
+def test_tuning_merge_and_install(tmp_path, monkeypatch):
+    """The merge rule keeps other world sizes, replaces this one's rows (sorted, errors skipped);
+    install writes the merge into own_path() and the planner reads it at once."""
+    rows = [{"op": "all_reduce", "bytes": 8, "algorithm": "lamport", "ctas": 2, "us": 1.0},
             {"op": "all_reduce", "bytes": 4, "algorithm": "oneshot", "ctas": 4},
             {"op": "fused_allreduce_rmsnorm", "bytes": 4, "error": "no configuration ran"}]
-    table = tuning_table(rows, 4, previous={"all_reduce": {"2": [{"bytes": 1, "algorithm": "twoshot", "ctas": 1}]}})
+    previous = {"all_reduce": {"2": [{"bytes": 1, "algorithm": "twoshot", "ctas": 1}],
+                               "4": [{"bytes": 4, "algorithm": "twoshot", "ctas": 9}]}}
+    table = tuning.merge(previous, rows, 4)
     assert table == {"all_reduce": {"2": [{"bytes": 1, "algorithm": "twoshot", "ctas": 1}],
                                     "4": [{"bytes": 4, "algorithm": "oneshot", "ctas": 4},
                                           {"bytes": 8, "algorithm": "lamport", "ctas": 2}]}}
+    path = tmp_path / "own.json"
+    path.write_text(json.dumps(previous))
+    monkeypatch.setenv("WEAVE_NVSHMEM_TUNING", str(path))
+    tuning.clear_cache()
+    assert _agb(plan_all_reduce(1, "f32", 4)) == ("twoshot", 9, 512)
+    assert tuning.install(rows, 4) == path and json.loads(path.read_text()) == table
+    assert _agb(plan_all_reduce(1, "f32", 4)) == ("oneshot", 4, 512)
+    tuning.clear_cache()

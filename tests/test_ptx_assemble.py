@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from weave_nvshmem.collectives import plan
-from weave_nvshmem.ptx import catalog
+from weave_nvshmem.ptx import catalog, table
 
 
 def _find_ptxas():
@@ -96,9 +96,11 @@ def _entries(kernel, dtype, world):
 
 def _expected():
     """(file, dtype, world) -> entry names the communicator (or its multicast path) can request."""
-    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "bulk")]
-    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "bulk", "twoshot")]
+    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a != "auto"]
+    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "twoshot", "local")]
     exp = {("copy.ptx", None, 1): {"wn_copy"}}
+    for dt in catalog.DTYPES:
+        exp[("fused_local.ptx", dt, 1)] = {f"wn_fused_local_{dt}_g{plan.LOCAL_GROUP_WARPS[v]}_v{v}" for v in VPTS}
     for world in catalog.TEST_WORLDS:
         exp[("barrier.ptx", None, world)] = {f"wn_barrier_w{world}"}
         for dt in catalog.DTYPES:
@@ -106,7 +108,6 @@ def _expected():
             exp[("fused_rmsnorm.ptx", dt, world)] = {f"wn_fused_{a}_{dt}_w{world}_v{v}"
                                                      for a in fused_algos for v in VPTS}
             exp[("fused_twoshot.ptx", dt, world)] = {f"wn_fused_twoshot_{dt}_w{world}_g{g}" for g in GROUPS}
-            exp[("bulk.ptx", dt, world)] = {f"wn_allreduce_bulk_{dt}_w{world}", f"wn_fused_bulk_{dt}_w{world}"}
             exp[("multimem.ptx", dt, world)] = ({f"wn_allreduce_multimem_{dt}_w{world}"}
                                                | {f"wn_fused_multimem_{dt}_w{world}_v{v}" for v in VPTS})
     return exp
@@ -131,7 +132,22 @@ def test_fused_vpt_choices_have_entries():
 
 
 def test_variants_cover_every_world_and_dtype():
-    for kernel, spec in catalog.KERNELS.items():
+    for kernel, (dtyped, per_world) in catalog.KERNELS.items():
         got = {(d, w) for k, d, w in VARIANTS if k == kernel}
-        dts = catalog.DTYPES if spec["dtyped"] else (None,)
-        assert got == {(d, w) for d in dts for w in catalog.TEST_WORLDS}
+        dts = catalog.DTYPES if dtyped else (None,)
+        assert got == {(d, w) for d in dts for w in (catalog.TEST_WORLDS if per_world else (1,))}
+
+
+def test_bulk_is_gone_and_multimem_is_marked():
+    """bulk.ptx and its fragments are retired; multimem.ptx says in its header what the table says."""
+    names = {p.name for p in catalog.KERNEL_DIR.iterdir()}
+    assert not names & {"bulk.ptx", "bulkcopy.ptxinc", "bulkregs.ptxinc", "cpitem.ptxinc", "normvec.ptxinc"}
+    header = " ".join(line.lstrip("/ ") for line in (catalog.KERNEL_DIR / "multimem.ptx").read_text().splitlines()[:12])
+    assert table.MULTICAST_STATUS in header
+
+
+def test_every_fragment_is_included():
+    """No .ptxinc is dead weight: each is included by a kernel or another fragment."""
+    texts = " ".join(p.read_text() for p in catalog.KERNEL_DIR.iterdir())
+    for frag in catalog.KERNEL_DIR.glob("*.ptxinc"):
+        assert f"//@include {frag.name}" in texts, f"{frag.name} is included nowhere"

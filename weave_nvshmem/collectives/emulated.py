@@ -20,8 +20,11 @@ import numpy as np
 
 from .. import errors
 from ..ptx import catalog
-from ..ptx.loader import KernelLibrary
-from .communicator import CommOptions, Communicator, _Channel, channel_layout
+from ..ptx.loader import KernelLibrary, launch
+from .channel import Channel, channel_layout
+from .communicator import CommOptions, Communicator
+
+__all__ = ["EmulatedWorld", "BlockList"]
 
 _ALIGN = 256
 
@@ -32,6 +35,16 @@ class EmulatedWorld:
     ``ranks[r]`` is rank r's Communicator (its ops take the same arguments as on W GPUs);
     ``run(fn)`` calls ``fn(rank, comm)`` for every rank, each on its own stream; ``empty`` makes a
     symmetric tensor (the same arena offset on every rank: zero-copy inputs). Close it when done.
+
+    Parameters
+    ----------
+    world : int
+        Virtual ranks, 1..8.
+    arena_bytes : int
+        Bytes of each rank's arena: its channels (``channel.workspace_bytes``) plus its symmetric
+        tensors.
+    options : CommOptions, dict or None
+        Every rank's options (no multicast: virtual ranks have no multicast object).
     """
 
     def __init__(self, world: int, *, arena_bytes: int = 1 << 30, options=None):
@@ -40,6 +53,8 @@ class EmulatedWorld:
 
         if not isinstance(world, int) or not 1 <= world <= catalog.MAX_WORLD:
             raise ValueError(f"EmulatedWorld: world must be an int in 1..{catalog.MAX_WORLD} (got {world!r})")
+        if CommOptions.of(options).multicast:
+            raise ValueError("EmulatedWorld: virtual ranks have no multicast object (use the P2P kernels)")
         self.world = world
         self.stride = -(-int(arena_bytes) // _ALIGN) * _ALIGN
         self.device_id = torch.cuda.current_device()
@@ -56,7 +71,7 @@ class EmulatedWorld:
         # lazily, and a load waits for the device: rank 1 loading its own copy while rank 0's
         # kernel spins on rank 1's flags would stall until the wait times out.)
         self._kernels = KernelLibrary(self.device_id)
-        self.ranks = [_VirtualRank(self, r, options) for r in range(world)]
+        self.ranks = [Communicator(options, fabric=_RankFabric(self, r)) for r in range(world)]
         self._channels.clear()
 
     # ---- arenas ----------------------------------------------------------------------------
@@ -69,15 +84,15 @@ class EmulatedWorld:
         end = start + t.numel() * t.element_size()
         return start if 0 <= start and end <= self.stride else None
 
-    def _channel(self, rank: int, cap: int, index: int) -> _Channel:
+    def _channel(self, rank: int, cap: int, index: int) -> Channel:
         """Rank's copy of channel ``index`` (the first rank to ask allocates it for all)."""
         nbytes = channel_layout(self.world, cap)[2]
         if (index, cap) not in self._channels:
             self._channels[(index, cap)] = self._blocks.take(nbytes)
         off = self._channels[(index, cap)]
         deltas = tuple(np.int64((p - rank) * self.stride) for p in range(self.world))
-        return _Channel(self._arena(rank)[off:off + nbytes], self.world, cap, deltas,
-                        release=lambda _buf: self._blocks.give_back(off, rank))
+        return Channel(self._arena(rank)[off:off + nbytes], self.world, cap, deltas,
+                       release=lambda _buf: self._blocks.give_back(off, rank))
 
     # ---- the user's verbs ------------------------------------------------------------------
     def empty(self, shape, dtype) -> list:
@@ -183,36 +198,35 @@ class BlockList:
         self.holes = merged
 
 
-class _VirtualRank(Communicator):
-    """Rank ``rank`` of an EmulatedWorld: channels in its arena, no host barrier, launches checked
-    for co-residency with the other ranks' kernels."""
+class _RankFabric:
+    """The fabric of rank ``rank`` of an EmulatedWorld (``fabric.Fabric``): channels in its arena,
+    no host barrier (one process: the ranks' set-up steps are already ordered), channels that grow
+    only in ``EmulatedWorld.reserve`` (all ranks together), and launches checked for co-residency
+    with the other ranks' kernels (at world 1 nothing waits on another rank, so nothing is)."""
 
-    def __init__(self, emu: EmulatedWorld, rank: int, options):
-        if CommOptions.of(options).multicast:
-            raise ValueError("EmulatedWorld: virtual ranks have no multicast object (use the P2P kernels)")
+    def __init__(self, emu: EmulatedWorld, rank: int):
         self._emu = emu
-        self._start(rank, emu.world, emu.device_id, options, kernels=emu._kernels)
+        self.rank, self.world, self.device_id = rank, emu.world, emu.device_id
+        self.kernels = emu._kernels
 
-    def _new_channel(self, cap: int, index: int) -> _Channel:
+    def new_channel(self, cap: int, index: int) -> Channel:
         return self._emu._channel(self.rank, cap, index)
 
-    def _sync_ranks(self) -> None:
-        pass  # one process: the ranks' set-up steps are already ordered
+    def sync_ranks(self) -> None:
+        pass
 
-    def _zero_copy(self, ch, t) -> bool:
-        return self._emu._offset_of(self.rank, t) is not None
-
-    def reserve(self, nbytes: int, channel: int | None = None) -> None:
-        targets = range(len(self._channels)) if channel is None else [channel]
-        if not self._emu._growing and any(self._channels[i].cap < nbytes for i in targets):
+    def check_growth(self, nbytes: int) -> None:
+        if not self._emu._growing:
             raise errors.WeaveError(f"EmulatedWorld: an op needs {nbytes} bytes of staging; call "
                                     f"world.reserve({nbytes}) before running it")
-        super().reserve(nbytes, channel)
 
-    def _launch(self, stream, grid: int, block: int, kernel, *args, shmem: int = 0) -> None:
+    def zero_copy(self, channel: Channel, t) -> bool:
+        return self._emu._offset_of(self.rank, t) is not None
+
+    def launch(self, stream, grid: int, block: int, kernel, args: tuple, shmem: int = 0) -> None:
         per_sm = kernel.occupancy.max_active_blocks_per_multiprocessor(block, shmem)
         fits = per_sm * self._emu.sms // self.world
-        if grid > fits:
+        if self.world > 1 and grid > fits:  # one rank waits on no other: its grid may queue
             raise ValueError(f"EmulatedWorld: {self.world} ranks x {grid} blocks of {block} threads cannot all be "
                              f"resident on {self._emu.sms} SMs ({per_sm} per SM); pass ctas <= {fits}")
-        super()._launch(stream, grid, block, kernel, *args, shmem=shmem)
+        launch(stream, grid, block, kernel, args, shmem)

@@ -1,47 +1,110 @@
-"""Launch planning: algorithm, CTA count and block size for each op, validated before launch.
+"""Launch planning: which kernel of the table an op call runs, on which grid and block, with which
+flags, and why.
 
 Every choice is a pure function of (op, shape, dtype, world, options, tuning table), so every rank
-derives the same launch configuration, which the kernels' block-pairwise protocol requires.
+derives the same launch, which the kernels' block-pairwise protocol requires. Rules and tuning are
+kept apart: an explicit ``algorithm``/``ctas`` wins; else, for ``auto``, a world of one rank has
+its own path (no peers), then a tuning-table row (``tuning.pick``) if one applies, then the
+built-in size rules below. ``Launch.reason`` names the one that decided.
 """
 from __future__ import annotations
 
-import functools
-import json
-import os
-import re
+import enum
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..ptx import table
 from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
+from ..ptx.table import AllReduceFlags, FusedFlags, KernelSpec
+from . import tuning
+
+__all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
+           "fused_block", "row_group",
+           "owned_rows", "staging_bytes", "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS",
+           "LOCAL_GROUP_WARPS", "LOCAL_SHAPES", "LAMPORT_SLOT"]
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
-ALLREDUCE_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
-FUSED_ALGORITHMS = ("auto", "lamport", "oneshot", "twoshot", "bulk")
-#: "bulk" (TMA bulk copies, bulk.ptx) is correct but 1.2-1.6x slower than "twoshot" at every CTA
-#: count on 4xH200; on 2xH200 the fused one is 8-15% faster at 2-16 CTAs, slower at 32-64
-#: (bench/*-nvidia-h200-w{2,4}.json). "auto" picks it only from a tuning table.
-#: dynamic shared memory of the bulk-copy kernels (an H100/H200 block may have 227 KB; ~1 KB is static)
-BULK_SMEM = 200 * 1024
-#: target bytes of one bulk-copy chunk (a TMA transfer) of the all-reduce; fused chunks are single rows
-BULK_CHUNK_BYTES = 16 * 1024
-#: the fused two-shot kernel (fused_twoshot.ptx): 16 warps per block, its default CTA cap
-TWOSHOT_BLOCK = 512
+#: ``algorithm=`` values: "auto" and what the kernel table offers (multicast twins are a transport
+#: of "twoshot", chosen by the channel, not by name)
+ALLREDUCE_ALGORITHMS = ("auto",) + table.algorithms("all_reduce")
+FUSED_ALGORITHMS = ("auto",) + table.algorithms("fused_allreduce_rmsnorm")
+#: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
+TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
 FUSED_TWOSHOT_CTAS = 64
+#: the world-1 kernel (fused_local.ptx): warps per row for each VPT of ``fused_block`` (its block
+#: shape "g<GW>"; the tuning choice of the local path, to be retuned by measurement)
+LOCAL_GROUP_WARPS = {1: 4, 2: 8, 4: 16, 8: 16}
+#: every block shape fused_local.ptx renders, per VPT (all give the same bits)
+LOCAL_SHAPES = {vpt: tuple(sh for sh, v in table.spec("fused_allreduce_rmsnorm", "local", "local").variants if v == vpt)
+                for vpt in (1, 2, 4, 8)}
 
 
 @dataclass(frozen=True)
 class Launch:
+    """What one call of an op runs, and why (``Communicator.plan`` returns it).
+
+    Attributes
+    ----------
+    op, algorithm : str
+        The op and the algorithm chosen (``"copy"``: a device copy, no kernel, at world 1;
+        ``"none"``: an empty input, nothing runs).
+    kernel : KernelSpec or None
+        The kernel-table entry (None when no kernel runs).
+    dtype : str
+        PTX dtype (``"bf16"``, ``"f16"``, ``"f32"``).
+    world, grid, block : int
+        World size, CTAs and threads per CTA (0 when no kernel runs).
+    vpt, group : int
+        16-byte vectors per thread per row, and warps per row, for the fused kernels.
+    shape : str
+        The local kernel's block shape (``"g<GW>"``, ``"b"``, ``"b4"``; ``LOCAL_SHAPES``), else "".
+    smem : int
+        Bytes of dynamic shared memory.
+    flags : AllReduceFlags or FusedFlags or None
+        ``p_flags`` as the kernel receives it (None: the kernel has none).
+    reason : str
+        The rule or tuning-table row that chose the algorithm and grid.
+    """
+
+    op: str
     algorithm: str
+    kernel: KernelSpec | None
+    dtype: str
+    world: int
     grid: int
     block: int
     vpt: int = 1
-    chunk: int = 0  # bulk: vectors (all-reduce) or rows (fused) per copy chunk
-    smem: int = 0   # bulk: bytes of dynamic shared memory
-    group: int = 0  # fused twoshot: warps that share one row (1..16 of the block's 16)
+    group: int = 0
+    shape: str = ""
+    smem: int = 0
+    flags: enum.IntFlag | None = None
+    reason: str = ""
+
+    @property
+    def transport(self) -> str:
+        """``"p2p"``, ``"multicast"`` or ``"local"`` (``"local"`` also when no kernel runs)."""
+        return self.kernel.transport if self.kernel else "local"
+
+    @property
+    def variant(self) -> dict:
+        """The kernel's variant axes and their values, e.g. ``{"group": 4}``."""
+        return {a: getattr(self, a) for a in self.kernel.axes} if self.kernel else {}
+
+    @property
+    def entry(self) -> str | None:
+        """The PTX entry that runs, or None."""
+        return self.kernel.entry_name(self.dtype, self.world, self.variant) if self.kernel else None
+
+    def __str__(self) -> str:
+        if self.kernel is None:
+            return f"{self.op}: {self.algorithm} ({self.reason})"
+        flags = "" if self.flags is None else f", flags {self.flags!r}"
+        return (f"{self.op}: {self.algorithm} over {self.transport}, {self.entry}, grid {self.grid} x block "
+                f"{self.block}{flags} ({self.reason})")
 
 
 def ptx_dtype(dtype, op: str) -> str:
+    """PTX dtype of a torch dtype; TypeError naming ``op`` for unsupported ones."""
     name = str(dtype).replace("torch.", "")
     if name not in PTX_DTYPE:
         raise TypeError(f"{op}: unsupported dtype {name} (expected bfloat16, float16 or float32)")
@@ -63,166 +126,189 @@ def _check_ctas(ctas, op):
     return ctas
 
 
-def device_slug(name: str) -> str:
-    """File-name form of a device name ("NVIDIA H200" -> "nvidia-h200")."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+def _check_algorithm(op, algorithm, world, allowed):
+    if algorithm not in allowed:
+        raise ValueError(f"{op}: algorithm must be one of {allowed} (got {algorithm!r})")
+    if algorithm == "local" and world != 1:
+        raise ValueError(f"{op}: algorithm 'local' runs only at world size 1 (got world {world}); use "
+                         f"{', '.join(repr(a) for a in allowed if a != 'local')}")
 
 
-#: tables measured on the lent machines, shipped with the package: {device slug: {op: {world: rows}}}
-SHIPPED_TUNING = Path(__file__).with_name("tuning.json")
+def _make(op, algorithm, transport, dtype, world, grid, flags, reason, *, hidden=0, vpt=1, group=0,
+          shape="") -> Launch:
+    """The Launch of the table's (op, algorithm, transport) kernel: its block rule, its smem, and
+    only the flags it honours."""
+    spec = table.spec(op, algorithm, transport)
+    if spec.block == "shape":
+        group = int(shape[1:]) if shape.startswith("g") else 0
+        block = 32 * group if group else fused_block(hidden, dtype)[0]
+    elif spec.block == "row":
+        block = fused_block(hidden, dtype)[0]
+    elif spec.block == "group":
+        block = 32 * group
+    else:
+        block = spec.block
+    honoured = None if spec.flags is None else type(spec.flags)(flags) & spec.flags
+    return Launch(op, algorithm, spec, dtype, world, grid, block, vpt, group, shape, spec.smem, honoured, reason)
 
 
-@functools.lru_cache(maxsize=8)
-def _device_name(index: int) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(index)
+def _copy(op, dtype, why) -> Launch:
+    return Launch(op, "copy", None, dtype, 1, 0, 0, reason=f"world 1: {why}; a device copy, none when out is x")
 
 
-def _current_slug() -> str | None:
-    """Slug of this process's CUDA device model; None without torch or CUDA."""
-    try:
-        import torch
+def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto", ctas=None, *,
+                    zero_copy: bool = False, multicast: bool = False) -> Launch:
+    """Plan ``all_reduce`` of ``nelem`` elements of PTX ``dtype`` over ``world`` ranks.
 
-        return device_slug(_device_name(torch.cuda.current_device())) if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001 - no torch / no CUDA: built-in rules
-        return None
-
-
-def tuning_path() -> Path | None:
-    """Where this process's own tuning table lives: $WEAVE_NVSHMEM_TUNING, else the one the tune
-    command wrote for this device model ($WEAVE_NVSHMEM_CACHE or ~/.cache/weave_nvshmem, then
-    tuning/<device>.json); None without CUDA. Every rank of a homogeneous node gets the same file."""
-    path = os.environ.get("WEAVE_NVSHMEM_TUNING")
-    if path:
-        return Path(path)
-    slug = _current_slug()
-    if slug is None:
-        return None
-    base = Path(os.environ.get("WEAVE_NVSHMEM_CACHE", Path.home() / ".cache" / "weave_nvshmem"))
-    return base / "tuning" / f"{slug}.json"
-
-
-@functools.lru_cache(maxsize=8)
-def _load(path: Path | None) -> dict:
-    return json.loads(path.read_text()) if path is not None and path.exists() else {}
-
-
-def _table() -> dict:
-    """The tuning table, {op: {world: [{"bytes", "algorithm", "ctas"}, ...]}} ({} if none):
-    $WEAVE_NVSHMEM_TUNING's file alone if set; else the table shipped for this device model, each
-    (op, world) of this machine's own (the tune command's, ``tuning_path()``) taking precedence.
-    Files are read once per path (``_load.cache_clear()`` after writing one)."""
-    own = _load(tuning_path())
-    if os.environ.get("WEAVE_NVSHMEM_TUNING"):
-        return own
-    shipped = _load(SHIPPED_TUNING).get(_current_slug() or "", {})
-    return {op: {**shipped.get(op, {}), **own.get(op, {})} for op in set(shipped) | set(own)}
-
-
-def _tuned(op: str, world: int, nbytes: int):
-    """The tuned (algorithm, ctas) of the smallest measured size >= nbytes, if any."""
-    rows = _table().get(op, {}).get(str(world), [])
-    algorithms = ALLREDUCE_ALGORITHMS if op == "all_reduce" else FUSED_ALGORITHMS
-    for row in sorted(rows, key=lambda r: r["bytes"]):
-        if nbytes <= row["bytes"]:
-            ok = row.get("algorithm") in algorithms[1:] and isinstance(row.get("ctas"), int) \
-                and 1 <= row["ctas"] <= MAX_CTAS
-            return (row["algorithm"], row["ctas"]) if ok else None  # stale or foreign rows: built-in rules
-    return None
-
-
-def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto", ctas=None) -> Launch:
+    ``zero_copy``: the input is symmetric (peers may read it in place); ``multicast``: the
+    channel has a multicast address (the two-shot runs its multimem twin).
+    """
     op = "all_reduce"
-    if algorithm not in ALLREDUCE_ALGORITHMS:
-        raise ValueError(f"{op}: algorithm must be one of {ALLREDUCE_ALGORITHMS} (got {algorithm!r})")
+    _check_algorithm(op, algorithm, world, ALLREDUCE_ALGORITHMS)
     ctas = _check_ctas(ctas, op)
     ve = _vec_elems(dtype, op)
     nvec = -(-nelem // ve)
     nbytes = nelem * (16 // ve)
-    bulk_chunk = min(BULK_CHUNK_BYTES, BULK_SMEM // (2 * world)) // 16
-    bulk_ok = nelem % ve == 0
-    if algorithm == "bulk" and not bulk_ok:
-        raise ValueError(f"{op}: algorithm 'bulk' moves whole 16-byte vectors; {nelem} elements of {dtype} "
-                         f"are not a multiple of {ve} (use 'twoshot' or 'auto')")
-    if algorithm == "lamport" and nvec * 16 > LAMPORT_SLOT:
+    fits_lamport = nvec * 16 <= LAMPORT_SLOT
+    if algorithm == "lamport" and not fits_lamport:
         raise ValueError(f"{op}: algorithm 'lamport' takes inputs up to {LAMPORT_SLOT} bytes (got {nbytes}); "
                          "use 'oneshot', 'twoshot' or 'auto'")
+    reason = f"algorithm={algorithm!r} given"
+    user_ctas = ctas
     if algorithm == "auto":
-        tuned = _tuned(op, world, nbytes)
-        if tuned and (tuned[0] != "bulk" or bulk_ok) and (tuned[0] != "lamport" or nvec * 16 <= LAMPORT_SLOT):
-            algorithm, ctas = tuned[0], ctas or tuned[1]
-        elif nvec * 16 <= LAMPORT_SLOT:
-            algorithm = "lamport"
+        if world == 1:
+            return _copy(op, dtype, "the sum over one rank is x")
+        tuned = tuning.pick(op, world, nbytes, ALLREDUCE_ALGORITHMS[1:])
+        if tuned and (tuned.algorithm != "lamport" or fits_lamport):
+            algorithm, ctas, reason = tuned.algorithm, ctas or tuned.ctas, str(tuned)
+        elif fits_lamport:
+            algorithm, reason = "lamport", f"rule: inputs up to one Lamport slot ({LAMPORT_SLOT} bytes)"
         else:
             # crossover measured on H200 (bench/allreduce-*.json): 4 MB at 2 ranks, 1 MB at 4
-            algorithm = "oneshot" if nbytes <= (4 if world <= 2 else 1) * 1024 * 1024 else "twoshot"
-    block = 512
-    if algorithm == "bulk":
-        segment = -(-nvec // world)
-        chunks = -(-segment // bulk_chunk)
-        return Launch(algorithm, ctas or max(1, min(16, chunks)), block, chunk=bulk_chunk, smem=BULK_SMEM)
+            limit = (4 if world <= 2 else 1) << 20
+            algorithm = "oneshot" if nbytes <= limit else "twoshot"
+            reason = f"rule: oneshot up to {limit} bytes at {world} ranks, twoshot beyond"
     if ctas is None:
-        per_rank = -(-nvec // world) if algorithm == "twoshot" else nvec
-        # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
-        cap = (64 if world <= 2 else 32) if algorithm == "twoshot" else 16
-        ctas = max(1, min(cap, -(-per_rank // (2 * block))))
-    return Launch(algorithm, ctas, block)
+        ctas, why = _all_reduce_ctas(nvec, world, algorithm)
+        reason += "; " + why
+    elif user_ctas is not None:
+        reason += "; ctas given"
+    transport = "multicast" if multicast and algorithm == "twoshot" else "p2p"
+    flags = AllReduceFlags.ZERO_COPY if zero_copy else AllReduceFlags.NONE
+    return _make(op, algorithm, transport, dtype, world, ctas, flags, reason)
+
+
+def _all_reduce_ctas(nvec: int, world: int, algorithm: str) -> tuple[int, str]:
+    """The default grid of allreduce.ptx and why: one CTA per 1024 vectors a rank handles, capped."""
+    per_rank = -(-nvec // world) if algorithm == "twoshot" else nvec
+    # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
+    cap = (64 if world <= 2 else 32) if algorithm == "twoshot" else 16
+    ctas = max(1, min(cap, -(-per_rank // 1024)))
+    return ctas, f"grid: one CTA per 1024 vectors a rank handles, at most {cap}"
+
+
+def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, *, zero_copy: bool = False) -> Launch:
+    """Plan ``reduce_scatter``/``all_gather`` (``op``) of a ``total``-element reduced tensor: the
+    two-shot all-reduce kernel in its reduce-scatter or all-gather mode (a copy at world 1)."""
+    ctas = _check_ctas(ctas, op)
+    if world == 1:
+        return _copy(op, dtype, "this rank's chunk is the whole tensor")
+    nvec = -(-total // _vec_elems(dtype, op))
+    ctas, why = (ctas, "ctas given") if ctas else _all_reduce_ctas(nvec, world, "twoshot")
+    flags = AllReduceFlags.ALL_GATHER if op == "all_gather" else (
+        AllReduceFlags.REDUCE_SCATTER | (AllReduceFlags.ZERO_COPY if zero_copy else AllReduceFlags.NONE))
+    return _make(op, "twoshot", "p2p", dtype, world, ctas, flags, f"{op}: the two-shot kernel's {op} mode; {why}")
+
+
+def plan_barrier(world: int) -> Launch:
+    """Plan ``barrier``: one CTA of 32 threads (thread t < world meets peer t)."""
+    return _make("barrier", "barrier", "p2p", "", world, 1, 0, "one CTA, thread t meets peer t")
+
+
+def plan_put(nbytes: int, world: int) -> Launch:
+    """Plan ``put`` of ``nbytes``: copy.ptx, one CTA per 8 KB of 16-byte vectors, at most 32."""
+    grid = max(1, min(32, -(-nbytes // (16 * 512))))
+    return _make("put", "copy", "p2p", "", world, grid, 0, "grid: one CTA per 8 KB, at most 32")
 
 
 def fused_block(hidden: int, dtype: str) -> tuple[int, int]:
-    """(threads, vectors per thread) covering one row of ``hidden`` elements, <= 512 threads."""
+    """(threads, vectors per thread) covering one row of ``hidden`` elements, <= 512 threads.
+
+    The one-row kernels' block, whose reduction order every fused kernel follows (``p_vthreads``).
+    """
     hvec = hidden // _vec_elems(dtype, "fused_allreduce_rmsnorm")
     for vpt in (1, 2, 4, 8):
         if hvec <= 512 * vpt:
             per_thread = -(-hvec // vpt)
             return max(32, -(-per_thread // 32) * 32), vpt
-    raise ValueError(f"fused_allreduce_rmsnorm: hidden size {hidden} too large for {dtype} (max {4096 * VEC_ELEMS[dtype]})")
+    raise ValueError(f"fused_allreduce_rmsnorm: hidden size {hidden} too large for {dtype} "
+                     f"(max {4096 * VEC_ELEMS[dtype]})")
 
 
 def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = "auto", ctas=None,
-               sharded: bool = False) -> Launch:
-    """One-shot (every rank normalises every row) needs the whole residual, so sharded mode is two-shot."""
+               sharded: bool = False, *, residual: bool = False, zero_copy: bool = False,
+               multicast: bool = False, local_shape: str | None = None) -> Launch:
+    """Plan ``fused_allreduce_rmsnorm`` of ``[rows, hidden]`` PTX ``dtype`` over ``world`` ranks.
+
+    ``sharded``: sharded residual (one-shot kernels need the whole residual, so it is two-shot or
+    local); ``residual``: a residual is given; ``zero_copy``/``multicast`` as in ``plan_all_reduce``;
+    ``local_shape``: the local kernel's block shape (one of ``LOCAL_SHAPES[vpt]``; default
+    ``"g<LOCAL_GROUP_WARPS[vpt]>"``), to time or check each shape.
+    """
     op = "fused_allreduce_rmsnorm"
-    if algorithm not in FUSED_ALGORITHMS:
-        raise ValueError(f"{op}: algorithm must be one of {FUSED_ALGORITHMS} (got {algorithm!r})")
+    _check_algorithm(op, algorithm, world, FUSED_ALGORITHMS)
     if sharded and algorithm in ("oneshot", "lamport"):
         raise ValueError(f"{op}: algorithm '{algorithm}' needs residual_mode='replicated' (every rank reads "
                          "every residual row); use 'twoshot' or 'auto' with a sharded residual")
     ctas = _check_ctas(ctas, op)
-    block, vpt = fused_block(hidden, dtype)
-    row_bytes = hidden * (16 // _vec_elems(dtype, op))
-    nbytes = rows * row_bytes
+    threads, vpt = fused_block(hidden, dtype)
+    nbytes = rows * hidden * (16 // _vec_elems(dtype, op))
     if algorithm == "lamport" and nbytes > LAMPORT_SLOT:
         raise ValueError(f"{op}: algorithm 'lamport' takes inputs up to {LAMPORT_SLOT} bytes (got {nbytes}); "
                          "use 'oneshot', 'twoshot' or 'auto'")
-    # bulk: a phase-2 stage holds a row of every rank plus the residual row, and 2 stages must fit
-    bulk_ok = 2 * (world + 1) * row_bytes <= BULK_SMEM
-    if algorithm == "bulk" and not bulk_ok:
-        raise ValueError(f"{op}: algorithm 'bulk' needs 2*(world+1) rows of {row_bytes} bytes in "
-                         f"{BULK_SMEM} bytes of shared memory; hidden {hidden} is too large (use 'twoshot')")
+    reason = f"algorithm={algorithm!r} given"
+    user_ctas = ctas
     if algorithm == "auto":
-        tuned = _tuned(op, world, nbytes)
-        if (tuned and not (sharded and tuned[0] in ("oneshot", "lamport")) and (tuned[0] != "bulk" or bulk_ok)
-                and (tuned[0] != "lamport" or nbytes <= LAMPORT_SLOT)):
-            algorithm, ctas = tuned[0], ctas or tuned[1]
+        tuned = None if world == 1 else tuning.pick(op, world, nbytes, FUSED_ALGORITHMS[1:])
+        if world == 1:
+            algorithm, reason = "local", "world 1: the single-pass local kernel (no channel, no barrier)"
+        elif (tuned and tuned.algorithm != "local" and not (sharded and tuned.algorithm in ("oneshot", "lamport"))
+              and (tuned.algorithm != "lamport" or nbytes <= LAMPORT_SLOT)):
+            algorithm, ctas, reason = tuned.algorithm, ctas or tuned.ctas, str(tuned)
         elif not sharded and ((world <= 2 and rows <= 64) or rows <= 16):
             # decode sizes: every rank reduces every row; Lamport (no barrier) measured 1.4-1.9 us
             # faster than the barrier one-shot at 1-16 tokens on 2xH200 (bench/quick-5d6717c-w2)
             algorithm = "lamport" if nbytes <= LAMPORT_SLOT else "oneshot"
+            reason = f"rule: decode size (<= {64 if world <= 2 else 16} rows at {world} ranks), " + (
+                "within one Lamport slot" if algorithm == "lamport" else "beyond one Lamport slot")
         else:
-            algorithm = "twoshot"
-    if algorithm == "bulk":
-        # one row per copy chunk: phase 2 gives row lo+b+i*grid to block b, so only then are the rows
-        # block b pushes (phase 1) and pulls (phase 3) the ones its pairwise barriers cover. (Chunks
-        # of 2 rows raced: rows reduced before their push arrived, seen on 5-8 emulated ranks.)
-        return Launch(algorithm, ctas or max(1, min(16, -(-rows // world))), block, vpt, 1, BULK_SMEM)
-    if algorithm == "twoshot":
+            algorithm, reason = "twoshot", "rule: " + ("sharded residual" if sharded else "beyond decode sizes")
+    flags = FusedFlags.NONE
+    for wanted, bit in ((sharded, FusedFlags.SHARDED), (residual, FusedFlags.RESIDUAL), (zero_copy, FusedFlags.ZERO_COPY)):
+        flags |= bit if wanted else FusedFlags.NONE
+    kw = {"hidden": hidden, "vpt": vpt}
+    if algorithm == "local":
+        kw["shape"] = local_shape or f"g{LOCAL_GROUP_WARPS[vpt]}"
+        if kw["shape"] not in LOCAL_SHAPES[vpt]:
+            raise ValueError(f"{op}: local_shape must be one of {LOCAL_SHAPES[vpt]} for hidden {hidden} "
+                             f"(got {local_shape!r})")
+        default, why = max(1, rows), f"grid: one CTA per row; block shape {kw['shape']}" + (
+            "" if local_shape else " (LOCAL_GROUP_WARPS)")
+        transport = "local"
+    elif algorithm == "twoshot":
         per_rank_rows = -(-rows // world)
-        ctas = ctas or max(1, min(FUSED_TWOSHOT_CTAS, per_rank_rows))
-        return Launch(algorithm, ctas, TWOSHOT_BLOCK, vpt, group=row_group(-(-per_rank_rows // ctas)))
-    # one row per block at a time
-    return Launch(algorithm, ctas or max(1, min(16, rows)), block, vpt)
+        default = max(1, min(FUSED_TWOSHOT_CTAS, per_rank_rows))
+        why = f"grid: one CTA per own row, at most {FUSED_TWOSHOT_CTAS}"
+        kw["group"] = row_group(-(-per_rank_rows // (ctas or default)))
+        transport = "multicast" if multicast else "p2p"
+    else:  # one row per block at a time
+        default, why = max(1, min(16, rows)), "grid: one CTA per row, at most 16"
+        transport = "p2p"
+    if ctas is None:
+        ctas, reason = default, f"{reason}; {why}"
+    elif user_ctas is not None:
+        reason += "; ctas given"
+    return _make(op, algorithm, transport, dtype, world, ctas, flags, reason, **kw)
 
 
 def row_group(rows_per_block: int) -> int:
@@ -235,7 +321,18 @@ def row_group(rows_per_block: int) -> int:
 
 
 def owned_rows(rows: int, rank: int, world: int) -> range:
-    """Rows of a [rows, H] tensor that ``rank`` reduces (and keeps, in sharded residual mode)."""
+    """Rows of a ``[rows, H]`` tensor that ``rank`` reduces (and keeps, in sharded residual mode).
+
+    Parameters
+    ----------
+    rows, rank, world : int
+        Row count, this rank, world size.
+
+    Returns
+    -------
+    range
+        ``[rows*rank//world, rows*(rank+1)//world)``: every row belongs to exactly one rank.
+    """
     return range(rows * rank // world, rows * (rank + 1) // world)
 
 

@@ -10,11 +10,14 @@ import bisect
 from dataclasses import dataclass
 
 from ..errors import HeapExhaustedError
+from .interop import as_torch
 from .runtime import runtime
 
 
 @dataclass
 class Allocation:
+    """One symmetric allocation: ``nbytes`` at ``base`` here, and each PE's copy mapped locally."""
+
     base: int
     nbytes: int
     buffer: object  # cuda.core.Buffer from nvshmem.core.buffer
@@ -33,7 +36,23 @@ def _torch_dtype(dtype):
 
 
 def empty(shape, dtype="float32", *, label: str = "tensor"):
-    """A torch tensor of ``shape``/``dtype`` on the symmetric heap (collective; contents undefined)."""
+    """A torch tensor on the symmetric heap (collective: every PE allocates in the same order).
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        Its shape; every PE passes the same.
+    dtype : torch.dtype or str
+        E.g. ``torch.bfloat16`` or ``"float32"``.
+    label : str
+        Named in the leak report of ``finalize()``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``shape`` ``dtype`` on this PE's GPU, contents undefined, at the same heap offset on every
+        PE (so peers can map it: ``peer_view``). Free it with ``free``.
+    """
     import torch
     import nvshmem.core as nvshmem
 
@@ -78,6 +97,7 @@ def empty(shape, dtype="float32", *, label: str = "tensor"):
 
 
 def zeros(shape, dtype="float32", *, label: str = "tensor"):
+    """``empty(shape, dtype)`` filled with zeros (collective)."""
     t = empty(shape, dtype, label=label)
     t.zero_()
     return t
@@ -101,12 +121,14 @@ def _span(t) -> tuple[int, int]:
 
 
 def is_symmetric(t) -> bool:
-    ptr, n = _span(_as_torch(t))
+    """Whether every byte of tensor/array ``t``'s view lies in one symmetric allocation."""
+    ptr, n = _span(as_torch(t))
     return lookup(ptr, n) is not None
 
 
 def allocation_of(t, *, op: str = "op") -> Allocation:
-    ptr, n = _span(_as_torch(t))
+    """The allocation holding ``t``'s view; ValueError naming ``op`` if it is not symmetric."""
+    ptr, n = _span(as_torch(t))
     a = lookup(ptr, n)
     if a is None:
         raise ValueError(f"{op}: tensor at {ptr:#x} is not on the symmetric heap "
@@ -127,10 +149,23 @@ def peer_address(ptr: int, pe: int, *, op: str = "op") -> int:
 
 
 def peer_view(t, pe: int):
-    """A torch view of PE ``pe``'s copy of symmetric tensor ``t`` (same shape, strides, dtype)."""
+    """PE ``pe``'s copy of symmetric ``t``, mapped here.
+
+    Parameters
+    ----------
+    t : torch.Tensor or CuPy array
+        A view of a symmetric allocation, any shape/dtype/strides.
+    pe : int
+        The peer, 0..world-1 (reachable by load/store: P2P).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, strides and dtype as ``t``, aliasing ``pe``'s memory (``t`` itself for this PE).
+    """
     import torch
 
-    t = _as_torch(t)
+    t = as_torch(t)
     allocation_of(t, op="peer_view")
     addr = peer_address(t.data_ptr(), pe, op="peer_view")
     if addr == t.data_ptr():
@@ -148,27 +183,17 @@ def _peer_buffer(a: Allocation, pe: int):
 
 
 def as_cupy(t):
-    """The same memory as a CuPy array (zero copy)."""
+    """The same memory as ``t`` (torch tensor, any shape/dtype) as a CuPy array (zero copy)."""
     import cupy
 
-    return cupy.from_dlpack(_as_torch(t))
-
-
-def _as_torch(t):
-    import torch
-
-    if isinstance(t, torch.Tensor):
-        return t
-    if hasattr(t, "__dlpack__"):
-        return torch.from_dlpack(t)
-    raise TypeError(f"expected a torch tensor or CuPy array (got {type(t).__name__})")
+    return cupy.from_dlpack(as_torch(t))
 
 
 def free(t) -> None:
     """Free the allocation that ``t`` starts (collective). Views of it become invalid."""
     import nvshmem.core as nvshmem
 
-    t = _as_torch(t)
+    t = as_torch(t)
     a = lookup(t.data_ptr())
     if a is None or a.base != t.data_ptr():
         raise ValueError("free: tensor does not start a symmetric allocation "
@@ -179,6 +204,7 @@ def free(t) -> None:
 
 
 def live() -> list[Allocation]:
+    """Every allocation not yet freed, by address."""
     return [_allocs[b] for b in _bases]
 
 

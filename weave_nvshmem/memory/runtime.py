@@ -80,8 +80,23 @@ def init(group=None, *, multicast: bool = False) -> Runtime:
     return _runtime
 
 
+#: what upper layers close before the heap goes (``on_finalize``), in registration order
+_finalize_hooks: list = []
+
+
+def on_finalize(hook) -> None:
+    """Have ``finalize()`` call ``hook()`` before it frees the heap (registered once per hook).
+
+    Upper layers register what they own on the heap (``collectives`` closes its default
+    communicator), so this lowest layer never imports them. Hooks run last-registered first.
+    """
+    if hook not in _finalize_hooks:
+        _finalize_hooks.append(hook)
+
+
 def finalize() -> list:
-    """Close the default communicator, free what is left on the heap, finalise NVSHMEM.
+    """Run the ``on_finalize`` hooks (the default communicator closes), free what is left on the
+    heap, finalise NVSHMEM.
 
     Collective. Returns the leak report: descriptions of symmetric allocations the user never
     freed (they are freed here). Idempotent.
@@ -91,9 +106,8 @@ def finalize() -> list:
         return []
     from . import heap
 
-    from ..collectives import communicator
-
-    communicator.close_default()
+    for hook in reversed(_finalize_hooks):
+        hook()
     leaks = heap.release_all()
     import nvshmem.core as nvshmem
 

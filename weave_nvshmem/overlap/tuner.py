@@ -10,12 +10,12 @@ import json
 import os
 from pathlib import Path
 
+from ..settings import cache_dir
 from .split import Candidate
 
 
 def _default_path() -> Path:
-    base = os.environ.get("WEAVE_NVSHMEM_CACHE", Path.home() / ".cache" / "weave_nvshmem")
-    return Path(base) / "splits.json"
+    return cache_dir() / "splits.json"
 
 
 class SplitTuner:

@@ -1,7 +1,8 @@
-"""Which PTX kernels exist, their template parameters, and the workspace layout they share.
+"""The PTX templates' parameters, the workspace layout they share, and rendering.
 
 Every kernel file in ``kernels/`` is a template; ``render`` turns (file, dtype, world) into PTX
-text. ``variants()`` lists every combination the package can launch, so the CPU test suite can
+text. Which files and entries exist is the kernel table's business (``ptx/table.py``);
+``variants()`` lists every (file, dtype, world) the package can launch, so the CPU test suite can
 assemble each one for sm_90a.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from . import table
 from .template import render as _render
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
@@ -23,34 +25,25 @@ assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DATA_OFF
 #: bytes of one Lamport slot (allreduce.ptx "lamport": inputs up to this size); a channel holds
 #: 3 buffers x world slots after its staging/result buffers
 LAMPORT_SLOT = 512 * 1024
-#: most shared-memory stages (and mbarriers per phase) of the bulk-copy kernels
-MAX_STAGES = 32
 
 DTYPES = ("bf16", "f16", "f32")
 #: elements per 16-byte vector
 VEC_ELEMS = {"bf16": 8, "f16": 8, "f32": 4}
 
-#: kernel file -> (entry-name patterns, whether it is rendered per dtype, extra variant axes)
-KERNELS = {
-    "barrier.ptx": {"dtyped": False},
-    "copy.ptx": {"dtyped": False},
-    "allreduce.ptx": {"dtyped": True},
-    "fused_rmsnorm.ptx": {"dtyped": True},
-    "fused_twoshot.ptx": {"dtyped": True},
-    "bulk.ptx": {"dtyped": True},
-    "multimem.ptx": {"dtyped": True},
-}
+#: kernel file -> (rendered per dtype, rendered per world size), from the kernel table
+KERNELS = table.files()
 #: world sizes rendered in the CPU test (any 1..MAX_WORLD renders)
 TEST_WORLDS = (1, 2, 4, 8)
 
 
 def params(dtype: str | None, world: int) -> dict:
+    """The template parameters of a (dtype, world) rendering (``${...}`` names in the kernels)."""
     if not 1 <= world <= MAX_WORLD:
         raise ValueError(f"world size must be in 1..{MAX_WORLD} (got {world})")
     p = {"WORLD": world, "MAX_WORLD": MAX_WORLD, "MAX_CTAS": MAX_CTAS,
          # vectors each thread keeps in flight per peer/segment: ~16 loads in flight whatever WORLD
          "UNROLL": min(4, max(1, 16 // world)),
-         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "MAXST": MAX_STAGES, "LSLOT": LAMPORT_SLOT, "DTYPE": dtype or "none"}
+         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "LSLOT": LAMPORT_SLOT, "DTYPE": dtype or "none"}
     if dtype is not None:
         if dtype not in VEC_ELEMS:
             raise ValueError(f"unsupported PTX dtype {dtype!r}; expected one of {DTYPES}")
@@ -69,8 +62,8 @@ def render(kernel: str, dtype: str | None, world: int) -> str:
 
 
 def variants():
-    """Every (kernel, dtype, world) the CPU suite assembles."""
-    for kernel, spec in KERNELS.items():
-        for world in TEST_WORLDS:
-            for dtype in (DTYPES if spec["dtyped"] else (None,)):
+    """Every (kernel, dtype, world) the CPU suite assembles (world-independent files once, at 1)."""
+    for kernel, (dtyped, per_world) in KERNELS.items():
+        for world in (TEST_WORLDS if per_world else (1,)):
+            for dtype in (DTYPES if dtyped else (None,)):
                 yield kernel, dtype, world

@@ -1,30 +1,35 @@
 """Compile PTX to cubin once, cache it on disk, load it, and launch kernels on any stream.
 
-The only module that talks to the CUDA driver directly. Compilation goes through ``cuda.core``
+The CUDA layer of the package: linking, loading and launching go through ``cuda.core`` (if raw
+``cuda.bindings`` driver calls are ever needed, they belong here). Compilation goes through ``cuda.core``
 (``ObjectCode.from_ptx`` -> ``Linker`` -> cubin, nvJitLink where present); cubins are cached per
-(source hash, architecture) under ``$WEAVE_NVSHMEM_CACHE`` (default ``~/.cache/weave_nvshmem``).
+(source hash, architecture) in ``settings.cache_dir()``. Kernels are named by the kernel table
+(``ptx/table.py``): ``KernelLibrary.kernel(spec, dtype, world, variant)`` renders the spec's file
+and loads the variant's entry.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from pathlib import Path
 
 from ..errors import CudaError
+from ..memory.interop import stream_handle
+from ..settings import cache_dir
 from . import catalog
+from .table import KernelSpec
+
+__all__ = ["ARCH", "KernelLibrary", "cache_key", "cubin_for", "device_arch", "launch", "link_cubin"]
 
 #: the PTX targets sm_90a (Hopper); other architectures are refused with a clear error
 ARCH = "sm_90a"
-#: dynamic shared memory a kernel may use without opting in
+#: dynamic shared memory a kernel may use without opting in (the table's kernels use none, so the
+#: loader has no opt-in path: a spec asking for more is refused)
 DEFAULT_SHMEM = 48 * 1024
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("WEAVE_NVSHMEM_CACHE", Path.home() / ".cache" / "weave_nvshmem"))
-
-
 def cache_key(ptx: str, arch: str) -> str:
+    """File-name key of the cubin of ``ptx`` for ``arch`` (any change in either is a new key)."""
     return hashlib.sha256(f"{arch}\0{ptx}".encode()).hexdigest()[:32]
 
 
@@ -58,19 +63,8 @@ def cubin_for(ptx: str, arch: str = ARCH, *, link=link_cubin) -> bytes:
     return cubin
 
 
-def _check(result, what: str):
-    """Unwrap a cuda.bindings (CUresult, value...) tuple or raise CudaError naming the call."""
-    from cuda.bindings import driver
-
-    err, *rest = result
-    if err != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(err)
-        _, text = driver.cuGetErrorString(err)
-        raise CudaError(f"{what}: {name.decode() if name else err}: {text.decode() if text else ''}")
-    return rest[0] if len(rest) == 1 else rest
-
-
 def device_arch(device_id: int) -> str:
+    """``ARCH`` if ``device_id`` is a Hopper GPU; CudaError naming its architecture otherwise."""
     from cuda.core import Device
 
     major, minor = Device(device_id).compute_capability
@@ -81,43 +75,41 @@ def device_arch(device_id: int) -> str:
 
 
 class KernelLibrary:
-    """Loaded kernels of one process, keyed by (file, dtype, world, entry)."""
+    """Loaded kernels of one process (one device), keyed by the rendering and the entry.
+
+    Parameters
+    ----------
+    device_id : int
+        The CUDA device; it must be Hopper (sm_90a).
+    """
 
     def __init__(self, device_id: int):
         self.device_id = device_id
         self.arch = device_arch(device_id)
         self._modules = {}
         self._kernels = {}
-        self._shmem = {}
 
-    def kernel(self, file: str, entry: str, dtype: str | None = None, world: int = 1, *, shmem: int = 0):
-        """The loaded kernel, allowed ``shmem`` bytes of dynamic shared memory (above 48 KB a
-        kernel must opt in, once)."""
-        key = (file, dtype, world, entry)
-        k = self._kernels.get(key)
+    def kernel(self, spec: KernelSpec, dtype: str | None, world: int, variant: dict):
+        """The loaded entry of ``spec`` for ``dtype``, ``world`` ranks and ``variant``.
+
+        The spec's file is rendered (``spec.render_args``), linked once (disk cache) and loaded
+        once per process; CUDA loads the module lazily, at its first launch.
+        """
+        if spec.smem > DEFAULT_SHMEM:
+            raise ValueError(f"{spec.entry}: {spec.smem} bytes of dynamic shared memory need an opt-in the "
+                             f"loader does not do (at most {DEFAULT_SHMEM})")
+        render = spec.render_args(dtype, world)
+        entry = spec.entry_name(dtype, world, variant)
+        k = self._kernels.get((render, entry))
         if k is None:
             from cuda.core import ObjectCode
 
-            mod_key = (file, dtype, world)
-            mod = self._modules.get(mod_key)
+            mod = self._modules.get(render)
             if mod is None:
-                cubin = cubin_for(catalog.render(file, dtype, world), self.arch)
-                mod = self._modules[mod_key] = ObjectCode.from_cubin(cubin, name=file)
-            k = self._kernels[key] = mod.get_kernel(entry)
-        if shmem > self._shmem.get(key, DEFAULT_SHMEM):
-            self._allow_shmem(k, shmem)
-            self._shmem[key] = shmem
+                cubin = cubin_for(catalog.render(*render), self.arch)
+                mod = self._modules[render] = ObjectCode.from_cubin(cubin, name=spec.file)
+            k = self._kernels[(render, entry)] = mod.get_kernel(entry)
         return k
-
-    def _allow_shmem(self, kernel, nbytes: int) -> None:
-        from cuda.bindings import driver
-
-        attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        h = kernel.handle
-        if isinstance(h, driver.CUkernel):  # library-loaded (cuda.core's default): per device
-            _check(driver.cuKernelSetAttribute(attr, nbytes, h, driver.CUdevice(self.device_id)), "cuKernelSetAttribute")
-        else:
-            _check(driver.cuFuncSetAttribute(h, attr, nbytes), "cuFuncSetAttribute")
 
 
 _streams: dict = {}
@@ -133,25 +125,21 @@ def _core_stream(handle: int):
     return s
 
 
-def stream_handle(stream) -> int:
-    """Raw cudaStream_t of a torch stream, CuPy stream, stream-protocol object or int."""
-    if stream is None:
-        import torch
+def launch(stream, grid: int, block: int, kernel, args: tuple, shmem: int = 0) -> None:
+    """Launch ``kernel`` on ``stream``.
 
-        return torch.cuda.current_stream().cuda_stream
-    if isinstance(stream, int):
-        return stream
-    for attr in ("cuda_stream", "ptr"):  # torch, cupy
-        if hasattr(stream, attr):
-            return int(getattr(stream, attr))
-    if hasattr(stream, "__cuda_stream__"):
-        return int(stream.__cuda_stream__()[1])
-    raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream")
-
-
-def launch(stream, grid: int, block: int, kernel, *args, shmem: int = 0) -> None:
-    """Launch ``kernel`` on ``stream`` (torch/CuPy/int/protocol) with ``shmem`` bytes of dynamic
-    shared memory; args are numpy scalars."""
+    Parameters
+    ----------
+    stream : torch/CuPy stream, int handle, ``__cuda_stream__`` object, or None (torch's current)
+    grid, block : int
+        1-D grid and block sizes.
+    kernel : cuda.core Kernel
+        From ``KernelLibrary.kernel``.
+    args : tuple of numpy scalars
+        ``KernelSpec.pack``'s result.
+    shmem : int
+        Bytes of dynamic shared memory.
+    """
     from cuda.core import LaunchConfig, launch as _launch
 
     try:
@@ -159,28 +147,3 @@ def launch(stream, grid: int, block: int, kernel, *args, shmem: int = 0) -> None
                 kernel, *args)
     except Exception as exc:  # noqa: BLE001
         raise CudaError(f"kernel launch failed: {exc}") from exc
-
-
-class HostMappedWords:
-    """Page-locked host u32 words the GPU can write (error records); ``.device_ptr`` for kernels."""
-
-    def __init__(self, count: int):
-        import numpy as np
-        from cuda.bindings import driver
-
-        nbytes = 4 * count
-        flags = driver.CU_MEMHOSTALLOC_DEVICEMAP | driver.CU_MEMHOSTALLOC_PORTABLE
-        self._ptr = _check(driver.cuMemHostAlloc(nbytes, flags), "cuMemHostAlloc")
-        self.device_ptr = int(_check(driver.cuMemHostGetDevicePointer(self._ptr, 0), "cuMemHostGetDevicePointer"))
-        import ctypes
-
-        self.words = np.ctypeslib.as_array((ctypes.c_uint32 * count).from_address(int(self._ptr)))
-        self.words[:] = 0
-
-    def close(self):
-        if self._ptr is not None:
-            from cuda.bindings import driver
-
-            self.words = None
-            _check(driver.cuMemFreeHost(self._ptr), "cuMemFreeHost")
-            self._ptr = None

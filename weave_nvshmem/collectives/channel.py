@@ -1,0 +1,95 @@
+"""A channel: one rank's symmetric workspace of the channel kernels, and its size.
+
+Layout (offsets in bytes; ``catalog.PAD_OFF``/``DATA_OFF``; protocols in ptx/kernels/allreduce.ptx
+and barrier.ptxinc): control words at 0, the signal pad (u32 flags ``[MAX_CTAS][MAX_WORLD]``) at
+``PAD_OFF``, from ``DATA_OFF`` the staging buffers (2 parities x ``world`` slots of ``cap`` bytes)
+and the result buffers (2 x ``cap``), then the three Lamport buffers (``world`` slots of
+``catalog.LAMPORT_SLOT`` bytes each).
+"""
+from __future__ import annotations
+
+from ..ptx import catalog
+
+__all__ = ["Channel", "channel_layout", "workspace_bytes"]
+
+
+def channel_layout(world: int, cap: int) -> tuple[int, int, int]:
+    """Where a channel's parts lie.
+
+    Parameters
+    ----------
+    world : int
+        World size.
+    cap : int
+        Bytes of input one staging slot must hold (an op's input bytes).
+
+    Returns
+    -------
+    (cap, lamport, total) : tuple of int
+        The slot size rounded up to 256 bytes, the offset of the Lamport buffers, and the bytes of
+        the whole channel.
+    """
+    cap = (cap + 255) // 256 * 256
+    lamport = catalog.DATA_OFF + (2 * world + 2) * cap
+    return cap, lamport, lamport + 3 * world * catalog.LAMPORT_SLOT
+
+
+def workspace_bytes(world: int, cap: int, channels: int = 1) -> int:
+    """Symmetric-heap bytes of a Communicator's ``channels`` channels of staging ``cap`` bytes.
+
+    What to size the NVSHMEM heap (``NVSHMEM_SYMMETRIC_SIZE``) or an EmulatedWorld arena with,
+    before adding the caller's own symmetric tensors. The heap allocates in 256-byte units, and
+    ``channel_layout``'s total already is one.
+    """
+    return channels * channel_layout(world, cap)[2]
+
+
+class Channel:
+    """One workspace: the layout above in ``buf``, the signal pad and control words zeroed and the
+    Lamport buffers filled with the sentinel word here.
+
+    Parameters
+    ----------
+    buf : torch.Tensor
+        ``[channel_layout(world, cap)[2]]`` ``uint8``, symmetric (at the same offset on every rank).
+    world, cap : int
+        World size and staging bytes.
+    deltas : tuple of numpy.int64
+        ``deltas[p]``: peer p's copy of any address in ``buf`` minus the local one.
+    release : callable
+        ``release(buf)`` frees ``buf`` (collective where the memory is).
+
+    Attributes
+    ----------
+    ws : int
+        Address of the workspace (``p_ws``).
+    mc_ws : int
+        Its multicast address, or 0 (the multimem kernels run only when it is set).
+    """
+
+    def __init__(self, buf, world: int, cap: int, deltas: tuple, release):
+        import torch
+
+        self.cap, lamport, nbytes = channel_layout(world, cap)
+        if buf.numel() != nbytes or buf.dtype != torch.uint8:
+            raise ValueError(f"Channel: buf must be [{nbytes}] uint8 (got [{buf.numel()}] {buf.dtype})")
+        buf[: catalog.DATA_OFF].zero_()
+        buf[lamport:].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
+        self.buf, self.ws, self.deltas, self._release = buf, buf.data_ptr(), deltas, release
+        self.mc_ws = 0
+
+    def values(self) -> dict:
+        """The channel's part of a launch's ``common_params`` (``ws``, ``cap``, ``dl0``..)."""
+        return {"ws": self.ws, "cap": self.cap, **{f"dl{p}": d for p, d in enumerate(self.deltas)}}
+
+    def map_multicast(self) -> None:
+        """Bind ``mc_ws`` to the workspace's multicast address, or raise MulticastUnavailable
+        (never creates a multicast object itself)."""
+        from ..memory.multicast import multicast_view
+
+        self.mc_ws = multicast_view(self.buf).data_ptr()
+
+    def free(self) -> None:
+        """Release the workspace (collective where the memory is)."""
+        self._release(self.buf)
+        self.buf = None

@@ -1,0 +1,205 @@
+"""The kernel table: one ``KernelSpec`` per (op, algorithm, transport), the single description of
+every PTX entry the package launches.
+
+A spec holds the kernel file and entry-name template, the variant axes (the entries a file has
+beyond dtype and world), the ``.param`` list in order, the flags the entry honours (named
+``IntFlag`` members: the bits of ``p_flags`` mean different things in different files) and the
+launch rules (block size, dynamic shared memory, grid limit). The loader renders and loads
+``spec.file``; the planner picks a spec and a variant; the communicator packs the arguments with
+``spec.pack``. ``tests/test_launch_abi.py`` checks every spec against the rendered PTX.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AllReduceFlags", "FusedFlags", "KernelSpec", "KERNELS", "MULTICAST_STATUS", "spec", "algorithms",
+           "files"]
+
+#: the status line of every multicast spec (and of multimem.ptx's header)
+MULTICAST_STATUS = ("assembled and launch-tested on the CPU, never executed on machines without "
+                    "NVLink multicast")
+
+
+class AllReduceFlags(enum.IntFlag):
+    """``p_flags`` of allreduce.ptx's two-shot entry (the one-shot and Lamport entries read none).
+
+    ``REDUCE_SCATTER`` (1): stop after the sum, ``out`` is the own segment only.
+    ``ALL_GATHER`` (2): no push and no sum; the input is this rank's chunk, gathered by all.
+    ``ZERO_COPY`` (4): the input is symmetric (the same tensor on every rank): nothing is pushed,
+    the owner reads the peers' inputs in place.
+    """
+
+    NONE = 0
+    REDUCE_SCATTER = 1
+    ALL_GATHER = 2
+    ZERO_COPY = 4
+
+
+class FusedFlags(enum.IntFlag):
+    """``p_flags`` of the fused AllReduce + residual-add + RMSNorm entries (every fused file).
+
+    ``SHARDED`` (1): rank r reads and writes only its own residual rows (two-shot entries; the
+    local entry ignores it: at world 1 every row is the rank's own).
+    ``RESIDUAL`` (2): a residual is given (read it); without it the sum alone is the new residual.
+    ``ZERO_COPY`` (4): the input is symmetric; peers read it in place (fused_twoshot.ptx).
+    """
+
+    NONE = 0
+    SHARDED = 1
+    RESIDUAL = 2
+    ZERO_COPY = 4
+
+
+#: PTX parameter type -> the numpy scalar the launch passes
+NP_TYPES = {"u64": np.uint64, "u32": np.uint32, "s64": np.int64, "f32": np.float32}
+
+#: common_params.ptxinc: the channel block every channel kernel ends with (then p_dl0..p_dl{W-1})
+CHANNEL_PARAMS = (("ws", "u64"), ("cap", "u64"), ("rank", "u32"), ("timeout", "u64"), ("err", "u64"),
+                  ("opid", "u32"))
+
+_AR = (("out", "u64"), ("inp", "u64"), ("nelem", "u64"), ("flags", "u32"))
+_FUSED = (("out", "u64"), ("res", "u64"), ("inp", "u64"), ("weight", "u64"), ("rows", "u64"), ("hidden", "u32"),
+          ("eps", "f32"), ("flags", "u32"))
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One launchable kernel family.
+
+    Attributes
+    ----------
+    op, algorithm, transport : str
+        The key. ``transport``: ``"p2p"`` (loads/stores through peer mappings), ``"multicast"``
+        (``multimem`` on a multicast address), ``"local"`` (one rank, no channel).
+    file : str
+        Kernel template in ``ptx/kernels/``.
+    entry : str
+        Entry-name template: ``{dtype}``, ``{world}`` and the axes in braces.
+    axes : tuple of str
+        Variant axes beyond dtype and world (``"vpt"``: 16-byte vectors per thread per row;
+        ``"group"``: warps per row; ``"shape"``: the local kernel's block shape).
+    variants : tuple of tuple
+        Every value of ``axes`` that has an entry, in order.
+    params : tuple of (name, PTX type)
+        The entry's parameters before the channel block, without the ``p_`` prefix.
+    flags : AllReduceFlags or FusedFlags or None
+        The ``p_flags`` bits the entry honours (None: no ``p_flags``); others are masked off.
+    block : int or str
+        Threads per block: a number, ``"row"`` (``plan.fused_block(hidden)[0]``: one row per
+        block), ``"group"`` (``32 * group``) or ``"shape"`` (the local kernel's ``shape`` axis:
+        ``"g<GW>"`` is ``32 * GW`` threads, ``"b"``/``"b4"`` the row block).
+    smem : int
+        Bytes of dynamic shared memory (0 everywhere now; a kernel above 48 KB would need the
+        loader to opt in).
+    channel : bool
+        Whether the entry ends with the channel block (``CHANNEL_PARAMS`` + per-peer deltas):
+        a channel kernel's grid is at most ``catalog.MAX_CTAS`` (rows of the signal pad).
+    dtyped, per_world : bool
+        Whether the file is rendered per dtype / per world size (otherwise once, with world 1).
+    status : str
+        Empty for kernels run on GPUs; else what has (not) been checked.
+    """
+
+    op: str
+    algorithm: str
+    transport: str
+    file: str
+    entry: str
+    params: tuple
+    flags: enum.IntFlag | None
+    block: int | str
+    axes: tuple = ()
+    variants: tuple = ((),)
+    smem: int = 0
+    channel: bool = True
+    dtyped: bool = True
+    per_world: bool = True
+    status: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return self.op, self.algorithm, self.transport
+
+    def entry_name(self, dtype: str | None, world: int, variant: dict) -> str:
+        """The entry of ``variant`` (``{axis: value}``) for ``dtype`` and ``world``."""
+        return self.entry.format(dtype=dtype, world=world, **variant)
+
+    def render_args(self, dtype: str | None, world: int) -> tuple:
+        """``(file, dtype, world)`` the file is rendered with for an op at ``world`` ranks."""
+        return self.file, (dtype if self.dtyped else None), (world if self.per_world else 1)
+
+    def param_list(self, world: int) -> list:
+        """Every ``(name, PTX type)`` of the entry in order, the channel block included."""
+        names = list(self.params)
+        if self.channel:
+            names += list(CHANNEL_PARAMS) + [(f"dl{p}", "s64") for p in range(world)]
+        return names
+
+    def pack(self, world: int, values: dict) -> tuple:
+        """The launch arguments: ``values[name]`` for each parameter, as its numpy scalar type.
+
+        ``values`` must name every parameter and nothing else (``dl0``.. for the channel block).
+        """
+        names = self.param_list(world)
+        missing = [n for n, _ in names if n not in values]
+        extra = set(values) - {n for n, _ in names}
+        if missing or extra:
+            raise TypeError(f"{self.entry}: arguments missing {missing}, unexpected {sorted(extra)}")
+        return tuple(NP_TYPES[t](values[n]) for n, t in names)
+
+
+_ONE_ROW_VPT = (("vpt",), ((1,), (2,), (4,), (8,)))
+#: fused_local.ptx's block shapes per VPT: "b" (a thread per virtual thread), "b4" (the same, 4 blocks
+#: per SM), "g<GW>" (GW warps per row, each thread playing 16/GW virtual threads)
+_LOCAL = (("b", 1), ("b", 2), ("b", 4), ("b", 8), ("b4", 2),
+          *((f"g{gw}", vpt) for gw, vpt in ((2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (8, 4),
+                                            (16, 4), (16, 8))))
+
+KERNELS: tuple = (
+    KernelSpec("barrier", "barrier", "p2p", "barrier.ptx", "wn_barrier_w{world}", (), None, 32, dtyped=False),
+    KernelSpec("put", "copy", "p2p", "copy.ptx", "wn_copy", (("dst", "u64"), ("src", "u64"), ("nbytes", "u64")),
+               None, 512, channel=False, dtyped=False, per_world=False),
+    *(KernelSpec("all_reduce", kind, "p2p", "allreduce.ptx", f"wn_allreduce_{kind}_{{dtype}}_w{{world}}", _AR,
+                 AllReduceFlags.ZERO_COPY if kind == "twoshot" else AllReduceFlags.NONE, 512)
+      for kind in ("lamport", "oneshot", "twoshot")),
+    KernelSpec("reduce_scatter", "twoshot", "p2p", "allreduce.ptx", "wn_allreduce_twoshot_{dtype}_w{world}", _AR,
+               AllReduceFlags.REDUCE_SCATTER | AllReduceFlags.ZERO_COPY, 512),
+    KernelSpec("all_gather", "twoshot", "p2p", "allreduce.ptx", "wn_allreduce_twoshot_{dtype}_w{world}", _AR,
+               AllReduceFlags.ALL_GATHER, 512),
+    KernelSpec("all_reduce", "twoshot", "multicast", "multimem.ptx", "wn_allreduce_multimem_{dtype}_w{world}",
+               _AR + (("mc_ws", "u64"),), AllReduceFlags.NONE, 512, status=MULTICAST_STATUS),
+    *(KernelSpec("fused_allreduce_rmsnorm", kind, "p2p", "fused_rmsnorm.ptx",
+                 f"wn_fused_{kind}_{{dtype}}_w{{world}}_v{{vpt}}", _FUSED, FusedFlags.RESIDUAL, "row", *_ONE_ROW_VPT)
+      for kind in ("lamport", "oneshot")),
+    KernelSpec("fused_allreduce_rmsnorm", "twoshot", "p2p", "fused_twoshot.ptx",
+               "wn_fused_twoshot_{dtype}_w{world}_g{group}", _FUSED + (("vthreads", "u32"),),
+               FusedFlags.SHARDED | FusedFlags.RESIDUAL | FusedFlags.ZERO_COPY, 512,
+               ("group",), ((1,), (2,), (4,), (8,), (16,))),
+    KernelSpec("fused_allreduce_rmsnorm", "twoshot", "multicast", "multimem.ptx",
+               "wn_fused_multimem_{dtype}_w{world}_v{vpt}", _FUSED + (("mc_ws", "u64"),),
+               FusedFlags.SHARDED | FusedFlags.RESIDUAL, "row", *_ONE_ROW_VPT, status=MULTICAST_STATUS),
+    KernelSpec("fused_allreduce_rmsnorm", "local", "local", "fused_local.ptx", "wn_fused_local_{dtype}_{shape}_v{vpt}",
+               _FUSED + (("vthreads", "u32"),), FusedFlags.RESIDUAL, "shape", ("shape", "vpt"), _LOCAL,
+               channel=False, per_world=False),
+)
+
+_BY_KEY = {k.key: k for k in KERNELS}
+assert len(_BY_KEY) == len(KERNELS), "one spec per (op, algorithm, transport)"
+
+
+def spec(op: str, algorithm: str, transport: str = "p2p") -> KernelSpec:
+    """The spec of ``(op, algorithm, transport)``; KeyError if the table has none."""
+    return _BY_KEY[(op, algorithm, transport)]
+
+
+def algorithms(op: str, transports=("p2p", "local")) -> tuple:
+    """The algorithm names the table offers for ``op`` over ``transports``, in table order."""
+    return tuple(dict.fromkeys(k.algorithm for k in KERNELS if k.op == op and k.transport in transports))
+
+
+def files() -> dict:
+    """``{file: (dtyped, per_world)}`` of every kernel file the table uses."""
+    return {k.file: (k.dtyped, k.per_world) for k in KERNELS}
