@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..ptx import table
 from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
 from ..ptx.table import AllReduceFlags, FusedFlags, KernelSpec
+from ..settings import device_slug  # noqa: F401 - the committed bench/provenance.py's import path, until it moves
 from . import tuning
 
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
