@@ -19,11 +19,25 @@ REPLAYS = 2
 
 
 def emulated_world(world: int, staging: int, *, options=None, extra_bytes: int = 0) -> EmulatedWorld:
-    """An EmulatedWorld of ``world`` ranks whose every channel holds ``staging`` bytes of input
-    (reserved here, so ops and graph captures up to that size never need to grow it).
+    """An EmulatedWorld whose every channel holds ``staging`` bytes of input, reserved here, so
+    ops and graph captures up to that size never need to grow it.
 
-    The arenas hold each channel twice over (``reserve`` builds the new channels while the old
-    ones are still held) plus ``extra_bytes`` for symmetric tensors (``world.empty``).
+    Parameters
+    ----------
+    world : int
+        Virtual ranks, 1..8.
+    staging : int
+        Bytes of the largest op input (all_gather: output) any call will pass.
+    options : CommOptions, dict or None
+        Every rank's options (``channels`` of them are sized).
+    extra_bytes : int
+        Arena left for symmetric tensors (``world.empty``).
+
+    Returns
+    -------
+    EmulatedWorld
+        Its arenas hold every channel at its initial and at its reserved size (``reserve``
+        replaces a channel while the other ranks still hold the old one) plus ``extra_bytes``.
     """
     opts = CommOptions.of(options)
 
@@ -39,7 +53,15 @@ def emulated_world(world: int, staging: int, *, options=None, extra_bytes: int =
 class Fuzzer:
     """Runs ``FuzzCall``s of one world size on an emulated world sized for them (``MAX_BYTES``,
     ``CHANNELS``), and builds a fresh world after a call that raised (a timed-out wait leaves
-    the ranks' communicators broken). Close it when done."""
+    the ranks' communicators broken). Close it when done.
+
+    Parameters
+    ----------
+    world : int
+        Ranks, 2..8 (the calls' ``world``).
+    timeout_s : float
+        ``CommOptions.timeout_s``: how long a rank waits for a peer before the call fails.
+    """
 
     def __init__(self, world: int, *, timeout_s: float = 10.0):
         self.world, self.timeout_s = world, timeout_s
@@ -58,14 +80,18 @@ class Fuzzer:
         try:
             return _run(self.emu, self.side, call)
         except Exception as exc:  # noqa: BLE001 - a valid call that raises is a failure to report
-            self.close()
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - the world is dropped either way
+                self.emu = None
             self._build()
             return [f"{type(exc).__name__}: {exc}"]
 
     def close(self) -> None:
+        """Free the world (synchronises the device). Idempotent."""
         if self.emu is not None:
-            self.emu.close()
-            self.emu = None
+            emu, self.emu = self.emu, None
+            emu.close()
 
     def __enter__(self):
         return self
