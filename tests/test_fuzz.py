@@ -66,7 +66,7 @@ def test_algorithm_lists_follow_the_planner():
         for world in WORLDS:
             got = fuzz.algorithms(op, world)
             assert "auto" in got and set(got) <= set(names)
-            assert set(names) - set(got) <= {"bulk", "local"}
+            assert set(names) - set(got) <= {"local"}
 
 
 def _staging_bytes(call, es):
@@ -101,7 +101,7 @@ def test_every_call_is_valid(calls, world):
             assert c.op == "all_gather" or c.shape[0] % world == 0, c
             assert (total // world * es) % 16 == 0, c  # each rank's chunk: whole 16-byte vectors
             if total:
-                assert plan.plan_all_reduce(total, dt, world, "twoshot", c.ctas).grid <= cap, c
+                assert plan.plan_scatter_gather(c.op, total, dt, world, c.ctas).grid <= cap, c
         else:
             tokens, hidden = c.shape
             assert 0 < hidden <= fuzz.MAX_HIDDEN and hidden % ve == 0, c

@@ -41,9 +41,9 @@ SCRIPT = "scripts/fuzz.py"
 def algorithms(op: str, world: int) -> tuple:
     """The algorithms the planner offers for ``op`` (``"all_reduce"`` or
     ``"fused_allreduce_rmsnorm"``) that a test may request at ``world`` ranks, in planner order:
-    its public list without "local" (world 1 only) above one rank, and never the retired "bulk"."""
+    its public list, without "local" (world 1 only) above one rank."""
     names = {"all_reduce": plan.ALLREDUCE_ALGORITHMS, "fused_allreduce_rmsnorm": plan.FUSED_ALGORITHMS}[op]
-    return tuple(a for a in names if a != "bulk" and not (a == "local" and world > 1))
+    return tuple(a for a in names if not (a == "local" and world > 1))
 
 
 def element_size(dtype: str) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..collectives.communicator import CommOptions, channel_layout
+from ..collectives.channel import workspace_bytes
+from ..collectives.communicator import CommOptions
 from ..collectives.emulated import EmulatedWorld
 from .fuzz import CHANNELS, MAX_BYTES, FuzzCall
 from .numerics import (DTYPES, check_close, fused_problems, poison, rank_input, rank_inputs, reference_all_gather,
@@ -40,11 +41,8 @@ def emulated_world(world: int, staging: int, *, options=None, extra_bytes: int =
         replaces a channel while the other ranks still hold the old one) plus ``extra_bytes``.
     """
     opts = CommOptions.of(options)
-
-    def block(cap):  # one channel, as the arena's allocator rounds it
-        return -(-channel_layout(world, cap)[2] // 256) * 256
-
-    arena = opts.channels * (block(opts.initial_bytes) + block(staging)) + extra_bytes
+    arena = (workspace_bytes(world, opts.initial_bytes, opts.channels) + workspace_bytes(world, staging, opts.channels)
+             + extra_bytes)
     emu = EmulatedWorld(world, arena_bytes=arena, options=opts)
     emu.reserve(staging)
     return emu
