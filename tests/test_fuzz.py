@@ -1,6 +1,7 @@
 """The fuzzer's host side on the CPU: calls are a pure function of (seed, world, index), cover every
 op, dtype and algorithm, are valid (the planner accepts them, shapes obey each op's rules, staging
-fits what the fuzz world reserves, grids are resident), and a reproducer line round-trips."""
+fits what the fuzz world reserves, grids are resident), a reproducer line round-trips, and the
+runner's bookkeeping passes correct results and names wrong ones (on a stand-in world)."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from weave_nvshmem import testing
 from weave_nvshmem.collectives import plan
+from weave_nvshmem.collectives.plan import owned_rows
 from weave_nvshmem.ptx.catalog import LAMPORT_SLOT
-from weave_nvshmem.testing import fuzz
+from weave_nvshmem.testing import fuzz, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLDS = (2, 4, 8)
@@ -162,3 +165,98 @@ def test_script_parses_its_arguments_without_a_gpu():
     with pytest.raises(SystemExit) as exit_:
         script.main(["--help"])
     assert exit_.value.code == 0
+
+
+# ---- the runner's host logic, on a stand-in world ----------------------------------------------
+
+class _StandInRank:
+    """Records each rank's call; ``_StandInWorld.run`` then writes what correct kernels would."""
+
+    def __init__(self, world, rank, calls):
+        self.world, self.rank, self._calls = world, rank, calls
+
+    def _record(self, op, x, out, **extra):
+        self._calls.append(dict(op=op, rank=self.rank, x=x, out=out, **extra))
+        return out
+
+    def all_reduce(self, x, *, out, algorithm, ctas, channel):
+        return self._record("all_reduce", x, out)
+
+    def reduce_scatter(self, x, *, out, ctas, channel):
+        return self._record("reduce_scatter", x, out)
+
+    def all_gather(self, x, *, out, ctas, channel):
+        return self._record("all_gather", x, out)
+
+    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, *, residual_mode, algorithm, out, ctas, channel):
+        new = residual if residual is not None else testing.poisoned(x.shape, x.dtype, device="cpu")
+        self._record("fused", x, out, residual=residual, new=new, weight=weight, eps=eps, mode=residual_mode)
+        return out, new
+
+    def barrier(self, *, channel):
+        return None
+
+
+class _StandInWorld:
+    """``world`` ranks whose collectives are computed from the references (``wrong``: rank
+    ``world - 1`` leaves one element NaN), to run the runner's bookkeeping on the CPU."""
+
+    def __init__(self, world, wrong=False):
+        self.world, self.wrong = world, wrong
+
+    def check(self):
+        pass
+
+    def run(self, fn):
+        calls = []
+        results = [fn(r, _StandInRank(self.world, r, calls)) for r in range(self.world)]
+        if not calls:
+            return results
+        xs = [c["x"] for c in calls]
+        op = calls[0]["op"]
+        if op == "fused":
+            full = None  # the residual before the call, each row from the rank that owns it
+            if calls[0]["residual"] is not None:
+                full = calls[0]["residual"].clone()
+                for c in calls:
+                    keep = owned_rows(full.shape[0], c["rank"], self.world)
+                    full[keep.start:keep.stop] = c["residual"][keep.start:keep.stop]
+            ref_out, ref_s = testing.reference_fused(xs, full, calls[0]["weight"], calls[0]["eps"])
+        for c in calls:
+            r = c["rank"]
+            if op == "all_reduce":
+                c["out"].copy_(testing.reference_all_reduce(xs))
+            elif op == "reduce_scatter":
+                c["out"].copy_(testing.reference_reduce_scatter(xs, r))
+            elif op == "all_gather":
+                c["out"].copy_(testing.reference_all_gather(xs))
+            else:
+                c["out"].copy_(ref_out)
+                rows = owned_rows(ref_s.shape[0], r, self.world) if c["mode"] == "sharded" else range(ref_s.shape[0])
+                c["new"][rows.start:rows.stop] = ref_s[rows.start:rows.stop]
+        if self.wrong and calls[-1]["out"].numel():
+            calls[-1]["out"].view(-1)[0] = float("nan")
+        return results
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    monkeypatch.setattr(runner, "DEVICE", "cpu")
+    monkeypatch.setattr(runner.torch.cuda, "synchronize", lambda: None)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_runner_passes_correct_results_and_names_wrong_ones(on_cpu, world):
+    eager = [c for c in (fuzz.fuzz_call(1, world, k) for k in range(300)) if not c.graph]
+    small = [c for c in eager if math.prod(c.shape) <= 1 << 14][:40]
+    assert {c.op for c in small} == set(fuzz.OPS)
+    right, wrong = _StandInWorld(world), _StandInWorld(world, wrong=True)
+    for c in small:
+        assert runner._run(right, None, c) == [], c.describe()
+        problems = runner._run(wrong, None, c)
+        if c.op == "barrier" or math.prod(c.shape) == 0:
+            assert problems == [], c.describe()
+        else:
+            assert problems and all(p.startswith("eager: ") for p in problems), c.describe()
+            if c.op in ("all_reduce", "fused_allreduce_rmsnorm"):
+                assert "eager: out differs across ranks" in problems, (c.describe(), problems)

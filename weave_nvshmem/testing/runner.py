@@ -17,6 +17,8 @@ from .numerics import (DTYPES, check_close, fused_problems, poison, rank_input, 
 
 #: replays of a captured call, each checked (the second shows a replay leaves nothing behind)
 REPLAYS = 2
+#: where the calls' tensors live (the CPU suite runs the host logic on a stand-in world on "cpu")
+DEVICE = "cuda"
 
 
 def emulated_world(world: int, staging: int, *, options=None, extra_bytes: int = 0) -> EmulatedWorld:
@@ -106,12 +108,12 @@ def _run(emu: EmulatedWorld, side, call: FuzzCall) -> list[str]:
         return _execute(emu, side, call, lambda r, c: c.barrier(channel=call.channel), lambda got: None,
                         lambda got: [])
     dt = DTYPES[call.dtype]
-    xs = rank_inputs(call.data_seed, w, call.shape, dt, scale=call.scale)
+    xs = rank_inputs(call.data_seed, w, call.shape, dt, scale=call.scale, device=DEVICE)
     opts = dict(ctas=call.ctas, channel=call.channel)
     if call.op == "fused_allreduce_rmsnorm":
         return _fused(emu, side, call, xs, opts)
     if call.op == "all_reduce":
-        outs = [torch.empty(call.shape, dtype=dt, device="cuda") for _ in range(w)]
+        outs = [torch.empty(call.shape, dtype=dt, device=DEVICE) for _ in range(w)]
         ref = reference_all_reduce(xs)
 
         def launch(r, c):
@@ -120,7 +122,7 @@ def _run(emu: EmulatedWorld, side, call: FuzzCall) -> list[str]:
         def check(got):
             return check_close(outs[0], ref, "rank 0 out") + ([] if same_bits(outs) else ["out differs across ranks"])
     elif call.op == "reduce_scatter":
-        outs = [torch.empty((call.shape[0] // w,) + call.shape[1:], dtype=dt, device="cuda") for _ in range(w)]
+        outs = [torch.empty((call.shape[0] // w,) + call.shape[1:], dtype=dt, device=DEVICE) for _ in range(w)]
 
         def launch(r, c):
             return c.reduce_scatter(xs[r], out=outs[r], **opts)
@@ -128,7 +130,7 @@ def _run(emu: EmulatedWorld, side, call: FuzzCall) -> list[str]:
         def check(got):
             return [p for r in range(w) for p in check_close(outs[r], reference_reduce_scatter(xs, r), f"rank {r} out")]
     else:
-        outs = [torch.empty((w * call.shape[0],) + call.shape[1:], dtype=dt, device="cuda") for _ in range(w)]
+        outs = [torch.empty((w * call.shape[0],) + call.shape[1:], dtype=dt, device=DEVICE) for _ in range(w)]
         ref = reference_all_gather(xs)
 
         def launch(r, c):
@@ -149,11 +151,11 @@ def _fused(emu, side, call: FuzzCall, xs, opts) -> list[str]:
     w, dt = emu.world, xs[0].dtype
     hidden = call.shape[1]
     sharded = call.residual_mode == "sharded"
-    res0 = rank_input(call.data_seed + 7, 0, call.shape, dt) if call.residual else None
-    weight = rank_input(call.data_seed + 9, 0, (hidden,), dt)
+    res0 = rank_input(call.data_seed + 7, 0, call.shape, dt, device=DEVICE) if call.residual else None
+    weight = rank_input(call.data_seed + 9, 0, (hidden,), dt, device=DEVICE)
     start = [None if res0 is None else sharded_residual(res0, r, w) if sharded else res0 for r in range(w)]
     res = [None if s is None else s.clone() for s in start]
-    outs = [torch.empty(call.shape, dtype=dt, device="cuda") for _ in range(w)]
+    outs = [torch.empty(call.shape, dtype=dt, device=DEVICE) for _ in range(w)]
     ref_out, ref_s = reference_fused(xs, res0, weight, call.eps)
 
     def launch(r, c):
