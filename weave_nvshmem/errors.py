@@ -35,3 +35,27 @@ class PeerTimeoutError(WeaveError, TimeoutError):
         super().__init__(f"{op}: peer {peer} did not arrive within {timeout_s:g} s (block {cta}); "
                          "the communicator is unusable now, close it and re-create it on all ranks")
         self.op, self.peer, self.cta = op, peer, cta
+
+
+class NoCudaDeviceError(WeaveError):
+    """No usable CUDA GPU: torch was built without CUDA, or no device (or driver) is visible."""
+
+
+class UnsupportedDeviceError(WeaveError):
+    """The GPU is not a Hopper GPU (compute capability 9.0): the kernels are built for ``sm_90a``."""
+
+
+class MissingDependencyError(WeaveError, ImportError):
+    """A runtime dependency (NVSHMEM, nvshmem4py, cuda-core, cuda-bindings, CuPy) cannot be loaded.
+
+    ``requirement`` is what to install (a pip requirement, or the extra that brings it).
+    """
+
+    def __init__(self, message: str, requirement: str):
+        super().__init__(message)
+        self.requirement = requirement
+
+
+class PeersUnavailableError(WeaveError):
+    """The processes of the job cannot find each other: several ranks were launched (``WORLD_SIZE``)
+    but torch.distributed is not initialised, or ``LOCAL_RANK`` names no visible GPU."""

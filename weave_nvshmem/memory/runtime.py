@@ -1,9 +1,11 @@
 """NVSHMEM bootstrap from torch.distributed (or a single process), and its teardown.
 
-``init()`` binds the CUDA device first (``LOCAL_RANK`` under torchrun, else the current device),
-broadcasts an NVSHMEM unique id from rank 0 over the torch.distributed group, and initialises one
-PE per process. Multicast stays opt-in: unless ``multicast=True``, ``NVSHMEM_DISABLE_NVLS=1`` is
-set when the environment has no value; a value already there is never overridden.
+``init()`` first checks what it needs (``weave_nvshmem.preflight``: a Hopper GPU, NVSHMEM, the
+peers), changing nothing when a check fails; then it binds the CUDA device (``LOCAL_RANK`` under
+torchrun, else the current device), broadcasts an NVSHMEM unique id from rank 0 over the
+torch.distributed group, and initialises one PE per process. Multicast stays opt-in: unless
+``multicast=True``, ``NVSHMEM_DISABLE_NVLS=1`` is set when the environment has no value; a value
+already there is never overridden.
 """
 from __future__ import annotations
 
@@ -49,17 +51,37 @@ def init(group=None, *, multicast: bool = False) -> Runtime:
     """Initialise NVSHMEM, one PE per process. Collective over ``group`` (default: WORLD).
 
     Without torch.distributed initialised this runs as a single PE. Idempotent.
+
+    Parameters
+    ----------
+    group : torch.distributed.ProcessGroup, optional
+        The ranks that form the NVSHMEM job (rank 0 of it broadcasts the unique id).
+    multicast : bool
+        Leave NVLink multicast to NVSHMEM's own default instead of disabling it.
+
+    Returns
+    -------
+    Runtime
+        ``rank``, ``world``, ``device_id`` of this process.
+
+    Raises
+    ------
+    WeaveError
+        Before anything is changed, naming what is missing (``weave_nvshmem.preflight``):
+        ``NoCudaDeviceError``, ``UnsupportedDeviceError`` (not Hopper), ``MissingDependencyError``
+        (cuda-bindings, cuda-core, nvshmem4py, libnvshmem_host), ``PeersUnavailableError``.
     """
     global _runtime
     if _runtime is not None:
         return _runtime
+    from .. import preflight
+
+    device_id = preflight.check_init("init", group)  # raises before the environment or a device is touched
     import torch
     import torch.distributed as dist
 
     _default_multicast_env(multicast)
-    if "LOCAL_RANK" in os.environ:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    device_id = torch.cuda.current_device()
+    torch.cuda.set_device(device_id)
 
     from cuda.core import Device
     import nvshmem.core as nvshmem
