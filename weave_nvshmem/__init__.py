@@ -1,46 +1,211 @@
 """weave_nvshmem: TokenWeave-style fused collectives for tensor-parallel inference on NVSHMEM.
 
 Layers: ``memory`` (NVSHMEM bootstrap, symmetric tensors) -> ``ptx`` (handwritten kernels, loader)
--> ``collectives`` (Communicator and its ops). Importing needs no GPU; CUDA and NVSHMEM start in
-``init()``. The module-level ops use a default Communicator created on first use.
+-> ``collectives`` (Communicator and its ops) -> ``compile`` (torch.compile pass). Importing needs
+no GPU and does not import torch; CUDA and NVSHMEM start in ``init()``, which first checks what it
+needs (``weave_nvshmem.preflight``) and raises a ``WeaveError`` naming what is missing.
+
+The module-level ops run on the current communicator: the one a ``use_communicator(comm)`` block
+sets, else a default Communicator created on first use. ``torch.ops.weave_nvshmem.*`` (registered
+by ``weave_nvshmem.collectives.ops``) are the same ops for torch.compile and CUDA graphs.
 """
 from .collectives import CommOptions, Communicator, owned_rows
-from .collectives import communicator as _communicator
-from .errors import (CudaError, HeapExhaustedError, MulticastUnavailable, NotInitializedError, PeerTimeoutError,
-                     WeaveError)
+from .errors import (CudaError, HeapExhaustedError, MissingDependencyError, MulticastUnavailable, NoCudaDeviceError,
+                     NotInitializedError, PeersUnavailableError, PeerTimeoutError, UnsupportedDeviceError, WeaveError)
 from .memory import (as_cupy, empty, finalize, free, init, is_initialized, is_symmetric, multicast_unavailable_reason,
                      multicast_view, peer_view, session, zeros)
 
 __version__ = "0.1.0"
 
-
-def all_reduce(x, **kw):
-    """Sum ``x`` over ranks on the default communicator; see ``Communicator.all_reduce``."""
-    return _communicator.default().all_reduce(x, **kw)
+_LAZY = ("use_communicator", "current_communicator")  # live in collectives.ops, which imports torch
 
 
-def reduce_scatter(x, **kw):
-    """See ``Communicator.reduce_scatter``."""
-    return _communicator.default().reduce_scatter(x, **kw)
+def __getattr__(name):
+    if name in _LAZY:
+        from .collectives import ops
+
+        return getattr(ops, name)
+    raise AttributeError(f"module 'weave_nvshmem' has no attribute {name!r}")
 
 
-def all_gather(x, **kw):
-    """See ``Communicator.all_gather``."""
-    return _communicator.default().all_gather(x, **kw)
+def _comm():
+    from .collectives import ops
+
+    return ops.current_communicator()
 
 
-def fused_allreduce_rmsnorm(x, residual, weight, eps=1e-6, **kw):
-    """See ``Communicator.fused_allreduce_rmsnorm``."""
-    return _communicator.default().fused_allreduce_rmsnorm(x, residual, weight, eps, **kw)
+def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
+    """Sum ``x`` over all ranks, on the current communicator.
+
+    Collective: every rank calls it in the same order, with the same shape, dtype and options.
+
+    Parameters
+    ----------
+    x : torch.Tensor or cupy.ndarray
+        Any shape, ``bfloat16``/``float16``/``float32``, contiguous, on this rank's GPU. A symmetric
+        tensor (``weave_nvshmem.empty``, the same one on every rank) is read by the peers in place.
+    out : torch.Tensor or cupy.ndarray, optional
+        Same shape and dtype as ``x``; may be ``x`` itself (in place). A new tensor when None.
+    algorithm : str
+        ``"auto"`` (by size, or from the device's tuning table) or a name in
+        ``weave_nvshmem.collectives.plan.ALLREDUCE_ALGORITHMS`` (``"lamport"``, ``"oneshot"``,
+        ``"twoshot"``).
+    ctas : int, optional
+        Thread blocks to launch; the planner's choice when None.
+    channel : int
+        Workspace to use: ops that may run concurrently on different streams need different ones.
+    stream : torch.cuda.Stream, optional
+        Default: torch's current stream (CuPy's current stream for CuPy input).
+
+    Returns
+    -------
+    torch.Tensor or cupy.ndarray
+        ``out``: the shape and dtype of ``x``, bitwise identical on all ranks.
+
+    See Also
+    --------
+    Communicator.all_reduce
+    """
+    return _comm().all_reduce(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream)
 
 
-def barrier(**kw):
-    """See ``Communicator.barrier``."""
-    return _communicator.default().barrier(**kw)
+def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
+    """Sum ``x`` over all ranks and keep this rank's chunk of dim 0, on the current communicator.
+
+    Collective: every rank calls it in the same order, with the same shape, dtype and options.
+
+    Parameters
+    ----------
+    x : torch.Tensor or cupy.ndarray
+        ``[world * n, ...]``, ``bfloat16``/``float16``/``float32``, contiguous; each chunk of
+        ``n`` rows a multiple of 16 bytes.
+    out : torch.Tensor or cupy.ndarray, optional
+        ``[n, ...]``, the dtype of ``x``. A new tensor when None.
+    ctas : int, optional
+        Thread blocks to launch; the planner's choice when None.
+    channel : int
+        Workspace to use (see ``all_reduce``).
+    stream : torch.cuda.Stream, optional
+        Default: torch's current stream.
+
+    Returns
+    -------
+    torch.Tensor or cupy.ndarray
+        ``out``: ``[n, ...]``, rows ``[rank * n, (rank + 1) * n)`` of the sum.
+
+    See Also
+    --------
+    Communicator.reduce_scatter
+    """
+    return _comm().reduce_scatter(x, out=out, ctas=ctas, channel=channel, stream=stream)
+
+
+def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
+    """Concatenate every rank's ``x`` along dim 0 in rank order, on the current communicator.
+
+    Collective: every rank calls it in the same order, with the same shape, dtype and options.
+
+    Parameters
+    ----------
+    x : torch.Tensor or cupy.ndarray
+        ``[n, ...]``, ``bfloat16``/``float16``/``float32``, contiguous, a multiple of 16 bytes.
+    out : torch.Tensor or cupy.ndarray, optional
+        ``[world * n, ...]``, the dtype of ``x``. A new tensor when None.
+    ctas : int, optional
+        Thread blocks to launch; the planner's choice when None.
+    channel : int
+        Workspace to use (see ``all_reduce``).
+    stream : torch.cuda.Stream, optional
+        Default: torch's current stream.
+
+    Returns
+    -------
+    torch.Tensor or cupy.ndarray
+        ``out``: ``[world * n, ...]``, rank ``r``'s ``x`` in rows ``[r * n, (r + 1) * n)``.
+
+    See Also
+    --------
+    Communicator.all_gather
+    """
+    return _comm().all_gather(x, out=out, ctas=ctas, channel=channel, stream=stream)
+
+
+def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
+                            algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None):
+    """All-reduce, residual add and RMSNorm in one kernel, on the current communicator.
+
+    ``s = all_reduce(x) + residual; residual <- s; out = s * rsqrt(mean(s**2, -1) + eps) * weight``.
+    Collective: every rank calls it in the same order, with the same shapes and options.
+
+    Parameters
+    ----------
+    x : torch.Tensor or cupy.ndarray
+        ``[T, H]``, ``bfloat16``/``float16``/``float32``, contiguous; ``H`` a multiple of 8
+        (``float32``: of 4). A symmetric ``x`` is read by the peers in place (two-shot).
+    residual : torch.Tensor or cupy.ndarray or None
+        ``[T, H]``, the dtype of ``x``, updated in place; None for the first layer (a new
+        residual holding ``all_reduce(x)`` is returned).
+    weight : torch.Tensor or cupy.ndarray
+        ``[H]``, the dtype of ``x``.
+    eps : float
+        Added to the mean square, ``>= 0``.
+    residual_mode : {"replicated", "sharded"}
+        ``"replicated"``: every rank ends with all ``T`` rows of the residual. ``"sharded"``: rank
+        ``r`` reads and writes only rows ``owned_rows(T, r, world)``.
+    algorithm : str
+        ``"auto"`` (by size, or from the device's tuning table) or a name in
+        ``weave_nvshmem.collectives.plan.FUSED_ALGORITHMS``.
+    ctas : int, optional
+        Thread blocks to launch; the planner's choice when None.
+    out : torch.Tensor or cupy.ndarray, optional
+        ``[T, H]``, the dtype of ``x``. A new tensor when None.
+    channel : int
+        Workspace to use (see ``all_reduce``).
+    stream : torch.cuda.Stream, optional
+        Default: torch's current stream.
+
+    Returns
+    -------
+    out : torch.Tensor or cupy.ndarray
+        ``[T, H]``, bitwise identical on all ranks.
+    residual : torch.Tensor or cupy.ndarray
+        ``[T, H]``: the ``residual`` passed in (now ``s``), or a new one when it was None.
+
+    See Also
+    --------
+    Communicator.fused_allreduce_rmsnorm
+    weave_nvshmem.collectives.ops.fused_allreduce_rmsnorm_functional : the form to torch.compile.
+    """
+    return _comm().fused_allreduce_rmsnorm(x, residual, weight, eps, residual_mode=residual_mode, algorithm=algorithm,
+                                           ctas=ctas, out=out, channel=channel, stream=stream)
+
+
+def barrier(*, channel: int = 0, timeout: float | None = None, stream=None) -> None:
+    """Wait (stream-ordered) until every rank arrived, on the current communicator.
+
+    Collective: every rank calls it. A rank that does not arrive within ``timeout`` seconds makes
+    the waiting ranks raise ``PeerTimeoutError`` (naming that peer) at their next ``check()``.
+
+    Parameters
+    ----------
+    channel : int
+        Workspace to use (see ``all_reduce``).
+    timeout : float, optional
+        Seconds; the communicator's ``CommOptions.timeout_s`` when None.
+    stream : torch.cuda.Stream, optional
+        Default: torch's current stream.
+
+    See Also
+    --------
+    Communicator.barrier
+    """
+    return _comm().barrier(channel=channel, timeout=timeout, stream=stream)
 
 
 __all__ = ["init", "finalize", "session", "is_initialized", "empty", "zeros", "free", "is_symmetric", "peer_view",
            "as_cupy", "multicast_view", "multicast_unavailable_reason", "Communicator", "CommOptions",
            "owned_rows", "all_reduce", "reduce_scatter", "all_gather", "fused_allreduce_rmsnorm", "barrier",
+           "use_communicator", "current_communicator",
            "WeaveError", "NotInitializedError", "CudaError", "HeapExhaustedError", "MulticastUnavailable",
-           "PeerTimeoutError"]
+           "PeerTimeoutError", "NoCudaDeviceError", "UnsupportedDeviceError", "MissingDependencyError",
+           "PeersUnavailableError"]
