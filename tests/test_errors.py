@@ -170,3 +170,11 @@ def test_real_cpu_machine():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
     init_fails(errors.NoCudaDeviceError, "needs an NVIDIA Hopper GPU")
+
+
+def test_emulated_world_names_the_missing_gpu(monkeypatch):
+    from weave_nvshmem.collectives.emulated import EmulatedWorld
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(errors.NoCudaDeviceError, match="^EmulatedWorld: needs an NVIDIA Hopper GPU"):
+        EmulatedWorld(2)

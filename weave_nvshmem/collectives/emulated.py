@@ -55,6 +55,9 @@ class EmulatedWorld:
             raise ValueError(f"EmulatedWorld: world must be an int in 1..{catalog.MAX_WORLD} (got {world!r})")
         if CommOptions.of(options).multicast:
             raise ValueError("EmulatedWorld: virtual ranks have no multicast object (use the P2P kernels)")
+        from .. import preflight
+
+        preflight.require_gpu("EmulatedWorld")  # a WeaveError naming what is missing, not a torch traceback
         self.world = world
         self.stride = -(-int(arena_bytes) // _ALIGN) * _ALIGN
         self.device_id = torch.cuda.current_device()
