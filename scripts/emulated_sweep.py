@@ -74,7 +74,7 @@ def measure(args) -> dict:
     from weave_nvshmem import CommOptions
     from weave_nvshmem.bench import provenance
     from weave_nvshmem.bench.harness import MB, Harness
-    from weave_nvshmem.collectives.communicator import channel_layout
+    from weave_nvshmem.collectives.channel import workspace_bytes
     from weave_nvshmem.collectives.emulated import EmulatedWorld
 
     h = Harness(distributed=False)
@@ -82,7 +82,7 @@ def measure(args) -> dict:
     rows = []
     for w in args.world:
         need = max(args.tokens) * HIDDEN * 2
-        arena = channel_layout(w, need)[2] + channel_layout(w, opts.initial_bytes)[2] + 64 * MB
+        arena = workspace_bytes(w, need) + workspace_bytes(w, opts.initial_bytes) + 64 * MB
         with EmulatedWorld(w, arena_bytes=arena, options=opts) as world:
             world.reserve(need)
             for op in args.ops:

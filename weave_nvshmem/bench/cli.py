@@ -1,4 +1,4 @@
-"""``weave-bench`` / ``python -m weave_nvshmem.bench``: one subcommand per suite, each with its own --help.
+"""weave-bench (python -m weave_nvshmem.bench): one subcommand per suite, each with its own --help.
 
 Collective suites run one process per GPU::
 
@@ -153,7 +153,7 @@ def _document(h, name: str, s: dict, rows: list, extra: dict) -> dict:
 def run(args) -> int:
     """Measure the suites of ``args.command`` and write their documents (rank 0). Exit status 1 if
     a suite stopped early; per-size failures are recorded in the rows instead."""
-    from .suites import tune
+    from ..collectives import tuning
 
     if args.budget_s is None:
         args.budget_s = (240.0 if args.quick else 540.0) if args.command == "norm" else \
@@ -182,7 +182,7 @@ def run(args) -> int:
                     h.disable_symm("disabled by --no-symm")
                 else:
                     h.start_symm(zero_copy)
-            s.update(reserved_bytes=reserve, comm_channels=1, tuning_table=tune.current_table())
+            s.update(reserved_bytes=reserve, comm_channels=1, tuning_table=tuning.read() or None)
             extra["setup_errors"] = {"ours": h.comm_err, "symm_mem": h.symm_err, "zero_copy": h.zc_err}
         for name in names:
             t0 = time.perf_counter()
@@ -197,8 +197,8 @@ def run(args) -> int:
                                                    communicator_rebuilds=h.rebuilds))
             if h.rank == 0:
                 if name == "tune" and rows:
-                    doc["tuning_table"] = tune.picks(rows)
-                    h.log(f"tune: installed {tune.install_table(doc['tuning_table'], h.world)}")
+                    doc["tuning_table"] = tuning.merge(None, rows, h.world)
+                    h.log(f"tune: installed {tuning.install(rows, h.world)}")
                 paths = report.write_outputs(doc, args.out)
                 md = open(paths["md"]).read()
                 tables_md.append(tables.markdown(doc, full=False) if name in COLLECTIVE else md)

@@ -74,11 +74,11 @@ def plan_sets(set_bytes: int, s: dict) -> tuple[int, int, int, int]:
 
 
 def heap_bytes(world: int, reserve: int, extra: int = 0, channels: int = 1) -> int:
-    """NVSHMEM heap bytes for ``channels`` channels staging ``reserve`` bytes (``channel_layout``,
+    """NVSHMEM heap bytes for ``channels`` channels staging ``reserve`` bytes (``workspace_bytes``,
     Lamport buffers included), ``extra`` bytes of symmetric tensors, and 512 MB of slack."""
-    from ..collectives.communicator import channel_layout
+    from ..collectives.channel import workspace_bytes
 
-    return channels * channel_layout(world, reserve)[2] + extra + 512 * MB
+    return workspace_bytes(world, reserve, channels) + extra + 512 * MB
 
 
 def _dist():

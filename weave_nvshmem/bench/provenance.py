@@ -33,7 +33,7 @@ def git_commit() -> str:
 
 def device_slug(name: str) -> str:
     """File-name form of a device name ("NVIDIA H200" -> "nvidia-h200"; "unknown" if empty)."""
-    from ..collectives.plan import device_slug as slug
+    from ..settings import device_slug as slug
 
     return slug(name) or "unknown"
 

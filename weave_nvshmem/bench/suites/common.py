@@ -60,10 +60,10 @@ def release() -> None:
 
 
 def plan_dict(fn, *args, **kw) -> dict:
-    """The planner's launch for these arguments as a dict, or {"error": why}."""
+    """The planner's launch ``fn(*args, **kw)`` as a dict (with the rule that chose it), or {"error": why}."""
     try:
         p = fn(*args, **kw)
-        return {"algorithm": p.algorithm, "grid": p.grid, "block": p.block, "vpt": p.vpt}
+        return {"algorithm": p.algorithm, "grid": p.grid, "block": p.block, "vpt": p.vpt, "reason": p.reason}
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"}
 

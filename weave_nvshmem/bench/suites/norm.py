@@ -58,11 +58,12 @@ class _Ours:
             h.start_ours(max_bytes)
             self.comm, self.err, self.fabric = h.comm, h.comm_err, "NVSHMEM, world 1"
             return
-        from ...collectives.communicator import CommOptions, channel_layout
+        from ...collectives.channel import workspace_bytes
+        from ...collectives.communicator import CommOptions
         from ...collectives.emulated import EmulatedWorld
 
         opts = CommOptions(timeout_s=h.timeout_s, channels=1)
-        arena = channel_layout(1, max_bytes)[2] + channel_layout(1, opts.initial_bytes)[2] + 64 * MB
+        arena = workspace_bytes(1, max_bytes) + workspace_bytes(1, opts.initial_bytes) + 64 * MB
         self.fabric = "EmulatedWorld(1) (one process, no NVSHMEM)"
         try:
             self.world = EmulatedWorld(1, arena_bytes=arena, options=opts)
@@ -79,8 +80,6 @@ class _Ours:
 
 def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
     import torch
-
-    from ...collectives import plan as planning
 
     dtype = getattr(torch, dt_name)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -99,8 +98,9 @@ def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
     if ours.comm is None:
         res = {"error": ours.err}
     else:
-        r["plan"] = plan_dict(planning.plan_fused, tokens, hidden, planning.PTX_DTYPE[dt_name], 1)
         comm = ours.comm
+        r["plan"] = plan_dict(comm.plan, "fused_allreduce_rmsnorm", sets.xs[0], sets.rs[0] if residual else None,
+                              weight, eps, out=out)
         res = h.measure(lambda i: comm.fused_allreduce_rmsnorm(sets.xs[i], sets.rs[i] if residual else None, weight,
                                                                eps, out=out), sets.refresh, *counts)
     r.update(res)

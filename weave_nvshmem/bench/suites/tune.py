@@ -1,11 +1,7 @@
 """The tune suite: every algorithm x CTA count of all_reduce and the fused op at tokens x 8192 bf16;
 rank 0's pick per size (the fewest CTAs within ``TUNE_TOLERANCE`` of the fastest) is installed as
-this device's tuning table, where the planner reads it."""
+this device's tuning table by ``weave_nvshmem.collectives.tuning.install``, where the planner reads it."""
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 from .. import variants
 from ..harness import InputSets, plan_sets, replicated_weight
@@ -22,45 +18,6 @@ def tune_pick(times: dict, tolerance: float = variants.TUNE_TOLERANCE):
         return None
     best = min(ok.values())
     return min((k for k, v in ok.items() if v <= best * (1 + tolerance)), key=lambda k: (k[1], ok[k]))
-
-
-def picks(rows: list) -> dict:
-    """{op: [{"bytes", "algorithm", "ctas"}, ...] sorted by bytes} from tune rows (this world size)."""
-    out = {}
-    for op in OPS:
-        got = [{"bytes": r["bytes"], "algorithm": r["algorithm"], "ctas": r["ctas"]}
-               for r in rows if r["op"] == op and r.get("algorithm")]
-        if got:
-            out[op] = sorted(got, key=lambda r: r["bytes"])
-    return out
-
-
-# ---- ADAPTER: the tuning table's format, paths and merging belong to the core's tuning module
-# (weave_nvshmem.collectives.tuning, being written). Until it exists, these two functions read,
-# merge and install through plan.py; switching is their bodies only.
-def current_table() -> dict | None:
-    """The table the planner uses now (shipped and this machine's, merged), or None."""
-    from ...collectives import plan as planning
-
-    return planning._table() or None
-
-
-def install_table(measured: dict, world: int) -> Path:
-    """Merge ``measured`` ({op: rows}, world size ``world``) into this device's own table; its path."""
-    from ...collectives import plan as planning
-
-    path = planning.tuning_path()
-    if path is None:
-        raise RuntimeError("tune: no CUDA device, nowhere to install the table")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = json.loads(path.read_text()) if path.exists() else {}
-    for op, rows in measured.items():
-        table.setdefault(op, {})[str(world)] = rows
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    planning._load.cache_clear()
-    return path
 
 
 def _candidates(op, tokens, world):
