@@ -14,11 +14,10 @@ from torch._dynamo.backends.common import aot_autograd  # noqa: E402
 from torch._inductor.decomposition import select_decomp_table  # noqa: E402
 
 import llama_standin as L  # noqa: E402
-from weave_nvshmem.collectives import reference  # noqa: E402
 from weave_nvshmem.compile import FuseAllReduceRMSNorm, fuse_allreduce_rmsnorm  # noqa: E402
+from weave_nvshmem.testing import rel_err, tolerance  # noqa: E402
 
 FUSED = torch.ops.weave_nvshmem.fused_allreduce_rmsnorm_functional.default
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,10 +59,6 @@ class Rewritten:
             return torch.compile(fn, backend=self.backend, fullgraph=True)(*args)
 
 
-def rel_err(got, ref) -> float:
-    return reference.rel_error(got.double().numpy(), ref.double().numpy())
-
-
 def model_and_input(norm="hf", reduce="dist", dtype=torch.bfloat16, tokens=5):
     model = L.randomize(L.TinyLlama(norm=norm, reduce=reduce)).to(dtype)
     x = torch.randn(2, tokens, 64, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -89,7 +84,7 @@ def test_every_chain_of_a_llama_is_fused(norm, reduce, dtype):
     after = ops_of(rw.graphs[0])
     assert rw.before[0] - after == removed
     assert after - rw.before[0] == collections.Counter({"fused_allreduce_rmsnorm_functional": 4, "getitem": 8})
-    assert rel_err(got, ref) <= TOL[dtype]
+    assert rel_err(got, ref) <= tolerance(dtype)
 
 
 def test_fused_node_arguments():
@@ -118,7 +113,7 @@ def test_inductor_pass_on_cpu():
         ref = model(x)
         got = torch.compile(model, fullgraph=True, options=fuse.options())(x)
     assert fuse.replaced == [4]
-    assert rel_err(got, ref) <= TOL[torch.float32]
+    assert rel_err(got, ref) <= tolerance(torch.float32)
 
 
 def test_transformers_llama():
@@ -131,7 +126,7 @@ def test_transformers_llama():
     rw = Rewritten()
     got = rw(model, x)
     assert rw.counts == [4]
-    assert rel_err(got, ref) <= TOL[torch.bfloat16]
+    assert rel_err(got, ref) <= tolerance(torch.bfloat16)
 
 
 def test_pass_uuid_follows_the_group():

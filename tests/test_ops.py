@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import weave_nvshmem as wn  # noqa: E402
-from weave_nvshmem.collectives import communicator, ops, reference  # noqa: E402
+from weave_nvshmem import testing  # noqa: E402
+from weave_nvshmem.collectives import communicator, ops  # noqa: E402
 
 OPS = torch.ops.weave_nvshmem
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -27,14 +28,6 @@ def inputs(shape, dtype, seed=0):
     x, r = (torch.randn(shape, generator=g).to(dtype) for _ in range(2))
     w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(dtype)
     return x, r, w
-
-
-def fused_ref(x, r, w):
-    """float64 reference of what the kernel computes (the new residual rounded before the norm)."""
-    out, s = reference.fused_allreduce_rmsnorm([x.double().numpy()], r.double().numpy(), w.double().numpy(), EPS)
-    s_r = torch.from_numpy(s).to(x.dtype)
-    out_r, _ = reference.fused_allreduce_rmsnorm([s_r.double().numpy()], None, w.double().numpy(), EPS)
-    return torch.from_numpy(out_r), s_r
 
 
 # ---- schemas ----------------------------------------------------------------------------------------
@@ -69,11 +62,11 @@ def test_functional_reference_matches_float64(dtype, shape):
     x, r, w = inputs(shape, dtype)
     r0 = r.clone()
     out, new = OPS.fused_allreduce_rmsnorm_functional(x, r, w, EPS)
-    ref_out, ref_res = fused_ref(x, r, w)
+    ref_out, ref_res = testing.reference_fused([x], r, w, EPS)
     assert torch.equal(r, r0)  # the functional form writes nothing
     assert out.shape == shape and new.shape == shape and out.dtype == dtype and new.dtype == dtype
     assert torch.equal(new, ref_res)
-    assert reference.rel_error(out.double().numpy(), ref_out.numpy()) <= reference.TOLERANCE[str(dtype)[6:]]
+    assert testing.rel_err(out, ref_out) <= testing.tolerance(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
