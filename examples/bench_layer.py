@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -337,7 +338,16 @@ def write_outputs(doc: dict, out_dir, plotted: bool = True) -> dict:
 # driver
 # ---------------------------------------------------------------------------------------------
 def run(args) -> int:
-    """``bench``: the whole benchmark; 1 if it stopped early (rows keep per-size errors otherwise)."""
+    """``bench``: the whole benchmark; 1 if it stopped early (rows keep per-size errors otherwise), 2
+    with one line naming what is missing when this machine cannot run it (no CUDA GPU, no Hopper)."""
+    from weave_nvshmem import preflight
+    from weave_nvshmem.errors import WeaveError
+
+    try:
+        preflight.require_gpu("tp_llama bench")
+    except WeaveError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.budget_s is None:
         args.budget_s = 190.0 if args.quick else 420.0
     s = settings(args)

@@ -48,3 +48,19 @@ def test_module_entry_point_and_console_script():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("usage: weave-bench allreduce") and "--no-symm" in out.stdout
     assert 'weave-bench = "weave_nvshmem.bench.cli:main"' in (root / "pyproject.toml").read_text()
+
+
+def test_no_gpu_is_one_line_and_leaves_the_environment(capsys, monkeypatch):
+    """Without a CUDA GPU every measuring subcommand exits 2 with one line naming it, no traceback,
+    and sets no NVSHMEM variable."""
+    import os
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("NVSHMEM_SYMMETRIC_SIZE", raising=False)
+    for command in ("norm", "allreduce"):
+        assert cli.main([command, "--out", "unused"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"weave-bench: bench {command}") and "GPU" in err and "Traceback" not in err
+    assert "NVSHMEM_SYMMETRIC_SIZE" not in os.environ

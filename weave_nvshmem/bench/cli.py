@@ -217,10 +217,19 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``weave-bench`` and ``python -m weave_nvshmem.bench``."""
+    """Entry point of ``weave-bench`` and ``python -m weave_nvshmem.bench``; the exit status (2 and
+    one line naming what is missing when this machine cannot run the suite: no CUDA GPU, no Hopper)."""
+    from .. import preflight
+    from ..errors import WeaveError
+
     args = parser().parse_args(argv)
     if args.command == "plot":
         return report.replot(args.files)
+    try:
+        preflight.require_gpu(f"bench {args.command}")
+    except WeaveError as exc:
+        print(f"weave-bench: {exc}", file=sys.stderr)
+        return 2
     return run(args)
 
 
