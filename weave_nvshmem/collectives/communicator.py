@@ -22,7 +22,7 @@ from ..memory.runtime import on_finalize
 from . import calls
 from . import plan as planning
 from .calls import Call
-from .channel import Channel, channel_layout  # noqa: F401 - channel_layout: testing/runner.py's import path
+from .channel import Channel
 from .fabric import Fabric, NvshmemFabric
 
 __all__ = ["CommOptions", "Communicator", "default", "close_default", "launch_local", "OPS", "OP_IDS"]
@@ -261,13 +261,11 @@ class Communicator:
                 o.copy_(x)
         elif p.kernel is not None:
             spec = p.kernel
+            if spec.channel and self._channels[call.channel].cap < planning.staging_bytes(call.nbytes):
+                self.reserve(planning.staging_bytes(call.nbytes), call.channel)  # grows collectively
             values = self._values(call, p, o, res)
             if spec.channel:
-                ch = self._channels[call.channel]
-                if call.nbytes and ch.cap < planning.staging_bytes(call.nbytes):
-                    self.reserve(planning.staging_bytes(call.nbytes), call.channel)
-                    ch = self._channels[call.channel]
-                values.update(self._common(ch, call, p))
+                values.update(self._common(self._channels[call.channel], call))
             kernel = self._fabric.kernels.kernel(spec, p.dtype or None, self.world, p.variant)
             self._fabric.launch(call.stream, p.grid, p.block, kernel, spec.pack(self.world, values), p.smem)
         if call.op == "fused_allreduce_rmsnorm":
@@ -298,7 +296,7 @@ class Communicator:
             values["mc_ws"] = self._channels[call.channel].mc_ws
         return values
 
-    def _common(self, ch: Channel, call: Call, p: planning.Launch) -> dict:
+    def _common(self, ch: Channel, call: Call) -> dict:
         """The channel block of a launch (common_params.ptxinc)."""
         t = self.options.timeout_s if call.timeout_s is None else call.timeout_s
         return {**ch.values(), "rank": self.rank, "timeout": int(t * 1e9), "err": self._err.device_ptr,

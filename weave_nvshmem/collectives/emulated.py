@@ -1,11 +1,12 @@
 """An emulated world: W virtual ranks on one GPU, so the kernels' cross-rank protocols run at any
 world size where fewer GPUs exist (a single-GPU machine, a one-GPU CI runner).
 
-Each virtual rank is a Communicator whose "symmetric heap" is its arena, one slice of a single device
-allocation: rank r's arena starts at ``base + r * stride``, so a peer's copy of any address is that
-address plus ``(p - r) * stride`` -- exactly the per-peer deltas the kernels take for NVSHMEM peer
-mappings. ``run`` enqueues every rank's op on a stream of its own, so the W kernels spin on each
-other's flags concurrently, as on W GPUs, and every wait stays bounded by ``CommOptions.timeout_s``.
+Each virtual rank is a plain Communicator on a fabric of its own (``_RankFabric``, see
+``fabric.Fabric``) whose "symmetric heap" is its arena, one slice of a single device allocation:
+rank r's arena starts at ``base + r * stride``, so a peer's copy of any address is that address
+plus ``(p - r) * stride`` -- exactly the per-peer deltas the kernels take for NVSHMEM peer mappings.
+``run`` enqueues every rank's op on a stream of its own, so the W kernels spin on each other's
+flags concurrently, as on W GPUs, and every wait stays bounded by ``CommOptions.timeout_s``.
 
 What it measures: correctness at any world size, and the kernels' own per-CTA costs. Memory is one
 GPU's HBM, shared by all ranks, not NVLink: never report link figures from it. All ranks' kernels

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from ..ptx import table
 from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
 from ..ptx.table import AllReduceFlags, FusedFlags, KernelSpec
-from ..settings import device_slug  # noqa: F401 - the committed bench/provenance.py's import path, until it moves
 from . import tuning
 
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
@@ -159,10 +158,29 @@ def _copy(op, dtype, why) -> Launch:
 
 def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto", ctas=None, *,
                     zero_copy: bool = False, multicast: bool = False) -> Launch:
-    """Plan ``all_reduce`` of ``nelem`` elements of PTX ``dtype`` over ``world`` ranks.
+    """Plan ``all_reduce`` of ``nelem`` elements over ``world`` ranks.
 
-    ``zero_copy``: the input is symmetric (peers may read it in place); ``multicast``: the
-    channel has a multicast address (the two-shot runs its multimem twin).
+    Parameters
+    ----------
+    nelem : int
+        Elements of the input (any shape, flattened).
+    dtype : str
+        PTX dtype: ``"bf16"``, ``"f16"`` or ``"f32"``.
+    world : int
+        World size.
+    algorithm : str
+        One of ``ALLREDUCE_ALGORITHMS``.
+    ctas : int, optional
+        CTAs, 1..MAX_CTAS (default: the tuning table's or the built-in rule's).
+    zero_copy : bool
+        The input is symmetric (the two-shot's peers read it in place).
+    multicast : bool
+        The channel has a multicast address (the two-shot runs its multimem twin).
+
+    Returns
+    -------
+    Launch
+        ``algorithm == "copy"`` (no kernel) for ``auto`` at world 1.
     """
     op = "all_reduce"
     _check_algorithm(op, algorithm, world, ALLREDUCE_ALGORITHMS)
@@ -209,8 +227,18 @@ def _all_reduce_ctas(nvec: int, world: int, algorithm: str) -> tuple[int, str]:
 
 
 def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, *, zero_copy: bool = False) -> Launch:
-    """Plan ``reduce_scatter``/``all_gather`` (``op``) of a ``total``-element reduced tensor: the
-    two-shot all-reduce kernel in its reduce-scatter or all-gather mode (a copy at world 1)."""
+    """Plan ``reduce_scatter`` or ``all_gather`` (``op``): the two-shot all-reduce kernel in its
+    reduce-scatter or all-gather mode, a device copy at world 1.
+
+    Parameters
+    ----------
+    op : str
+        ``"reduce_scatter"`` or ``"all_gather"``.
+    total : int
+        Elements of the reduced (RS input / AG output) tensor; ``total / world`` per rank.
+    dtype, world, ctas, zero_copy
+        As in ``plan_all_reduce`` (all_gather reads no input in place: zero copy is masked off).
+    """
     ctas = _check_ctas(ctas, op)
     if world == 1:
         return _copy(op, dtype, "this rank's chunk is the whole tensor")
@@ -249,12 +277,27 @@ def fused_block(hidden: int, dtype: str) -> tuple[int, int]:
 def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = "auto", ctas=None,
                sharded: bool = False, *, residual: bool = False, zero_copy: bool = False,
                multicast: bool = False, local_shape: str | None = None) -> Launch:
-    """Plan ``fused_allreduce_rmsnorm`` of ``[rows, hidden]`` PTX ``dtype`` over ``world`` ranks.
+    """Plan ``fused_allreduce_rmsnorm`` of an input ``[rows, hidden]`` over ``world`` ranks.
 
-    ``sharded``: sharded residual (one-shot kernels need the whole residual, so it is two-shot or
-    local); ``residual``: a residual is given; ``zero_copy``/``multicast`` as in ``plan_all_reduce``;
-    ``local_shape``: the local kernel's block shape (one of ``LOCAL_SHAPES[vpt]``; default
-    ``"g<LOCAL_GROUP_WARPS[vpt]>"``), to time or check each shape.
+    Parameters
+    ----------
+    rows, hidden : int
+        The input's shape (``hidden`` a multiple of the dtype's 16-byte vector).
+    dtype, world, ctas, zero_copy, multicast
+        As in ``plan_all_reduce``.
+    algorithm : str
+        One of ``FUSED_ALGORITHMS`` (``"local"`` only at world 1, where ``auto`` picks it).
+    sharded : bool
+        Sharded residual (the one-shot kernels need every residual row: two-shot or local).
+    residual : bool
+        A residual is given (``FusedFlags.RESIDUAL``).
+    local_shape : str, optional
+        The local kernel's block shape, one of ``LOCAL_SHAPES[vpt]`` (default
+        ``"g<LOCAL_GROUP_WARPS[vpt]>"``): to time or check each shape.
+
+    Returns
+    -------
+    Launch
     """
     op = "fused_allreduce_rmsnorm"
     _check_algorithm(op, algorithm, world, FUSED_ALGORITHMS)
