@@ -141,7 +141,7 @@ class FusedAddRMSNorm:
 
     ``choose(...)`` measures every candidate once per key and caches the winner; calling the
     object runs the chosen candidate for ``x``'s shape (``DEFAULT_NORM`` where nothing was chosen,
-    e.g. on the CPU). ``record(...)`` is what the JSON stores.
+    e.g. on the CPU). ``records()`` is what the JSON stores.
     """
 
     def __init__(self, candidates=NORM_CANDIDATES):
@@ -177,10 +177,6 @@ class FusedAddRMSNorm:
             rec = decide(rec)
         self._records[key] = rec
         return rec
-
-    def record(self, tokens: int, hidden: int, dtype, residual: bool = True) -> dict | None:
-        """The cached record of a key, or None if it was never chosen."""
-        return self._records.get(norm_key(tokens, hidden, dtype, residual))
 
     def records(self) -> list:
         """Every choice made so far: ``[{"tokens", "hidden", "dtype", "residual", "chosen", "label", "us"}]``."""

@@ -471,11 +471,6 @@ class InputSets:
         if copy_to is not None:
             copy_to.copy_(self.x)
 
-    @property
-    def set_bytes(self) -> int:
-        """Bytes of one set's x."""
-        return self.n * self.x.element_size()
-
 
 def replicated_weight(h: Harness, hidden: int, dtype=None, seed: int = 4242):
     """A random ``[hidden]`` norm weight, the same on every rank (replicated, as in TP)."""
