@@ -178,3 +178,10 @@ def test_emulated_world_names_the_missing_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(errors.NoCudaDeviceError, match="^EmulatedWorld: needs an NVIDIA Hopper GPU"):
         EmulatedWorld(2)
+
+
+def test_as_cupy_without_cupy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(errors.MissingDependencyError, match=r"^as_cupy: needs CuPy") as info:
+        wn.as_cupy(torch.zeros(4))
+    assert info.value.requirement == "weave_nvshmem[cupy]" and "pip install 'weave_nvshmem[cupy]'" in str(info.value)

@@ -133,6 +133,28 @@ def load_nvshmem_library(op: str = "weave_nvshmem") -> None:
                                      f"(pip install '{requirement}'): {exc}", requirement) from exc
 
 
+def require_cupy(op: str = "weave_nvshmem"):
+    """Import CuPy, the ``[cupy]`` extra (CuPy is never needed otherwise).
+
+    Returns
+    -------
+    module
+        ``cupy``.
+
+    Raises
+    ------
+    MissingDependencyError
+        CuPy is not installed.
+    """
+    requirement = "weave_nvshmem[cupy]"
+    try:
+        import cupy
+    except ImportError as exc:
+        raise MissingDependencyError(f"{op}: needs CuPy (pip install '{requirement}', which brings cupy-cuda13x): "
+                                     f"{exc}", requirement) from exc
+    return cupy
+
+
 def require_peers(op: str = "weave_nvshmem", group=None) -> None:
     """Check that the ranks of the job can meet: torch.distributed is up when several were launched.
 

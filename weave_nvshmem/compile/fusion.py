@@ -178,7 +178,7 @@ def _all_reduce_input(node, group_names):
     accepted group, seen through reshapes (``views``, outermost first) and the ``copy`` that
     functionalisation leaves for an in-place ``torch.distributed.all_reduce``; else None."""
     views = []
-    while _packet(node) in _VIEWS and len(node.users) == 1:
+    while _packet(node) in _VIEWS and len(node.users) == 1 and not node.kwargs:
         views.append(node)
         node = node.args[0]
     copy = None
@@ -249,8 +249,8 @@ def _rewrite(graph: fx.Graph, m: Match) -> bool:
     with graph.inserting_after(anchor_after) if anchor_after is not None else graph.inserting_before(m.add):
         x = m.x
         for view in reversed(m.views):  # the same reshapes, on the all-reduce's input
-            x = graph.call_function(view.target, (x,) + tuple(view.args[1:]), dict(view.kwargs))
-            x.meta["val"] = _fake(view.target, (x.args[0],) + tuple(view.args[1:]))
+            x = graph.call_function(view.target, (x,) + tuple(view.args[1:]))
+            x.meta["val"] = _fake(view.target, x.args)
         args = (x, m.residual, m.weight, m.eps)
         fused = graph.call_function(FUSED, args)
         out = graph.call_function(operator.getitem, (fused, 0))

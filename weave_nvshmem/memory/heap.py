@@ -184,9 +184,9 @@ def _peer_buffer(a: Allocation, pe: int):
 
 def as_cupy(t):
     """The same memory as ``t`` (torch tensor, any shape/dtype) as a CuPy array (zero copy)."""
-    import cupy
+    from .. import preflight
 
-    return cupy.from_dlpack(as_torch(t))
+    return preflight.require_cupy("as_cupy").from_dlpack(as_torch(t))
 
 
 def free(t) -> None:
