@@ -156,10 +156,28 @@ class FusedAddRMSNorm:
         return self._fns[(key, name)]
 
     def choose(self, tokens: int, hidden: int, dtype, timer, *, residual: bool = True, decide=None) -> dict:
-        """Measure each candidate with ``timer(fn) -> us`` (float, or a str saying why it failed)
-        and keep the fastest for (tokens, hidden, dtype, residual); cached, so a key is measured
-        once. ``decide``: maps this process's record to the one every rank uses (rank 0's), so all
-        ranks run the same kernel. Returns the record ``{"chosen", "label", "us": {name: us or why}}``."""
+        """Measure every candidate once for this key and keep the fastest (cached per key).
+
+        Parameters
+        ----------
+        tokens, hidden : int
+            The shape ``[tokens, hidden]`` of ``x`` and the residual.
+        dtype : torch.dtype
+            Of x, residual and weight.
+        timer : callable
+            ``timer(fn) -> float`` (us per call) or ``str`` (why it failed), with ``fn`` a candidate
+            of the contract in the module docstring.
+        residual : bool
+            Whether the calls take a residual (False: the first layer's norm).
+        decide : callable, optional
+            Maps this process's record to the one every rank uses (``Harness.rank0``), so all
+            ranks run the same kernel.
+
+        Returns
+        -------
+        dict
+            ``{"chosen": name or None, "label": str, "us": {name: us or why not}}``.
+        """
         key = norm_key(tokens, hidden, dtype, residual)
         if key in self._records:
             return self._records[key]
@@ -188,9 +206,25 @@ class FusedAddRMSNorm:
         return rec["chosen"] if rec and rec["chosen"] else DEFAULT_NORM
 
     def __call__(self, x, residual, weight, eps: float):
-        """``(rms_norm(x + residual) * weight, x + residual)`` by the chosen candidate; see the module
-        docstring for which tensors it may overwrite. ``x``: [tokens, hidden]; ``residual``: same or
-        None; ``weight``: [hidden]; all one dtype."""
+        """Fused residual add + RMSNorm by the candidate chosen for ``x``'s shape.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[tokens, hidden]``, bf16/fp16/fp32; may be overwritten (in-place kernels write ``out`` there).
+        residual : torch.Tensor or None
+            ``[tokens, hidden]``, same dtype; may be updated in place. None: normalise ``x`` alone.
+        weight : torch.Tensor
+            ``[hidden]``, same dtype.
+        eps : float
+            Added to the mean square.
+
+        Returns
+        -------
+        (out, new_residual) : tuple of torch.Tensor
+            ``rms_norm(x + residual) * weight`` and ``x + residual`` (``x`` itself without a residual),
+            both ``[tokens, hidden]``; use these, not the arguments.
+        """
         key = norm_key(x.shape[0], x.shape[-1], x.dtype, residual is not None)
         return self.fn(self.chosen_name(x, residual), key)(x, residual, weight, eps)
 
