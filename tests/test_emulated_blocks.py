@@ -35,3 +35,20 @@ def test_neighbours_coalesce_and_exhaustion_is_an_error():
     b.give_back(y, 0)
     assert b.holes == [(0, 2048)]
     assert b.take(2048) == 0
+
+
+def test_both_fabrics_implement_the_protocol_and_nothing_subclasses_the_communicator():
+    """An emulated rank is a plain Communicator on its own fabric: no private hooks overridden."""
+    import inspect
+
+    from weave_nvshmem.collectives.communicator import Communicator
+    from weave_nvshmem.collectives.emulated import _RankFabric
+    from weave_nvshmem.collectives.fabric import Fabric, NvshmemFabric
+
+    methods = [n for n, v in vars(Fabric).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert sorted(methods) == ["check_growth", "launch", "new_channel", "sync_ranks", "zero_copy"]
+    for cls in (NvshmemFabric, _RankFabric):
+        for name in methods:
+            assert inspect.signature(getattr(cls, name)).parameters.keys() == \
+                inspect.signature(getattr(Fabric, name)).parameters.keys(), (cls, name)
+    assert Communicator.__subclasses__() == []
