@@ -204,3 +204,32 @@ def test_other_groups_are_left_alone():
     rw = Rewritten(group_names={"not-this-group"})
     rw(model, x)
     assert rw.counts == [0]
+
+
+@pytest.mark.parametrize("form", ["rms_norm", "_fused_rms_norm"])
+def test_whole_rms_norm_ops(form):
+    """Graphs traced before decomposition hold the norm as one op (``aten.rms_norm``, or
+    ``aten._fused_rms_norm`` and its dead ``rstd``): rewritten the same way."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if not hasattr(torch.ops.aten, form):
+        pytest.skip(f"this torch has no aten.{form}")
+    c10d, group = torch.ops._c10d_functional, dist.group.WORLD.group_name
+
+    def fn(x, r, w):
+        s = c10d.wait_tensor(c10d.all_reduce(x * 2, "sum", group)) + r
+        if form == "rms_norm":
+            return torch.ops.aten.rms_norm(s, [16], w, 1e-6), s * 3
+        out, rstd = torch.ops.aten._fused_rms_norm(s, [16], w, None)
+        return out, s * 3
+
+    g = torch.Generator().manual_seed(4)
+    args = tuple(torch.randn(shape, generator=g) for shape in ((8, 16), (8, 16), (16,)))
+    gm = make_fx(fn, tracing_mode="fake", pre_dispatch=True)(*args)
+    assert ops_of(gm.graph)[form] == 1
+    assert fuse_allreduce_rmsnorm(gm.graph) == 1
+    gm.recompile()
+    left = ops_of(gm.graph)
+    assert left["fused_allreduce_rmsnorm_functional"] == 1 and not left[form] and not left["all_reduce"]
+    for got, ref in zip(gm(*args), fn(*args), strict=True):
+        assert rel_err(got, ref) <= tolerance(torch.float32)

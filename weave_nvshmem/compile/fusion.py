@@ -34,6 +34,8 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 c10d = torch.ops._c10d_functional
 FUSED = torch.ops.weave_nvshmem.fused_allreduce_rmsnorm_functional.default
+_RMS_NORM = getattr(aten, "rms_norm", None)
+_FUSED_RMS_NORM = getattr(aten, "_fused_rms_norm", None)  # (out, rstd); newer torch only
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -97,18 +99,20 @@ def _default_eps() -> float:
 
 def _norm_op(out):
     """``aten.rms_norm`` or ``getitem(aten._fused_rms_norm, 0)``: (source, weight, eps, nodes, []) or None."""
-    node = out
-    if _packet(out) is operator.getitem and out.args[1] == 0 and _packet(out.args[0]) is aten._fused_rms_norm:
+    node, unused = out, []
+    if (_packet(out) is operator.getitem and out.args[1] == 0 and _FUSED_RMS_NORM is not None
+            and _packet(out.args[0]) is _FUSED_RMS_NORM):
         node = out.args[0]
-        if len(node.users) != 1:
+        unused = [u for u in node.users if u is not out]  # rstd: only dead reads of it
+        if any(_packet(u) is not operator.getitem or u.users for u in unused):
             return None
-    elif _packet(out) is not aten.rms_norm:
+    elif _RMS_NORM is None or _packet(out) is not _RMS_NORM:
         return None
     src, shape, weight = node.args[0], _arg(node, 1, "normalized_shape"), _arg(node, 2, "weight")
     eps = _arg(node, 3, "eps")
     if weight is None or not isinstance(shape, (list, tuple)) or len(shape) != 1:
         return None
-    return src, weight, _default_eps() if eps is None else float(eps), list(dict.fromkeys([out, node])), []
+    return src, weight, _default_eps() if eps is None else float(eps), list(dict.fromkeys([out, node] + unused)), []
 
 
 def _normalized(n):
