@@ -100,7 +100,7 @@ class KernelSpec:
     dtyped, per_world : bool
         Whether the file is rendered per dtype / per world size (otherwise once, with world 1).
     status : str
-        Empty for kernels run on GPUs; else what has (not) been checked.
+        Empty for kernels the GPU suites run; else what has (not) been checked.
     """
 
     op: str
