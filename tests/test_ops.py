@@ -135,6 +135,16 @@ def test_use_communicator_sets_the_current_one():
         ops.current_communicator()
 
 
+def test_gpu_scatter_gather_check_the_traced_world():
+    class TwoRanks:
+        world = 2
+
+    with wn.use_communicator(TwoRanks()):
+        assert ops._of_world("all_gather", 2).world == 2
+        with pytest.raises(ValueError, match=r"all_gather: world=4 but the current communicator has 2"):
+            ops._of_world("all_gather", 4)
+
+
 def test_module_level_ops_pass_every_argument_on():
     rec = Recorder()
     with wn.use_communicator(rec):

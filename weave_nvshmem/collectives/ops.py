@@ -92,6 +92,15 @@ def _check_world(op: str, world: int) -> tuple[int, int]:
     return rank, ranks
 
 
+def _of_world(op: str, world: int):
+    """The current communicator, checked to have the ``world`` the op's output shape was traced with."""
+    comm = current_communicator()
+    if comm.world != world:
+        raise ValueError(f"weave_nvshmem::{op}: world={world} but the current communicator has {comm.world} "
+                         f"rank(s) (got world={world})")
+    return comm
+
+
 # ---- all_reduce, reduce_scatter, all_gather ---------------------------------------------------------
 @torch.library.custom_op("weave_nvshmem::all_reduce", mutates_args=())
 def all_reduce(x: torch.Tensor, algorithm: str = "auto", ctas: int = 0) -> torch.Tensor:
@@ -112,7 +121,7 @@ def _(x, algorithm="auto", ctas=0):
 @torch.library.custom_op("weave_nvshmem::reduce_scatter", mutates_args=())
 def reduce_scatter(x: torch.Tensor, world: int, ctas: int = 0) -> torch.Tensor:
     """Sum over ranks, keep this rank's chunk of dim 0. ``world``: the world size (for shapes)."""
-    return current_communicator().reduce_scatter(x, ctas=ctas or None)
+    return _of_world("reduce_scatter", world).reduce_scatter(x, ctas=ctas or None)
 
 
 @reduce_scatter.register_fake
@@ -130,7 +139,7 @@ def _(x, world, ctas=0):
 @torch.library.custom_op("weave_nvshmem::all_gather", mutates_args=())
 def all_gather(x: torch.Tensor, world: int, ctas: int = 0) -> torch.Tensor:
     """Every rank's ``x`` concatenated along dim 0 in rank order. ``world``: the world size."""
-    return current_communicator().all_gather(x, ctas=ctas or None)
+    return _of_world("all_gather", world).all_gather(x, ctas=ctas or None)
 
 
 @all_gather.register_fake
