@@ -223,14 +223,13 @@ def test_fused_twoshot_launch_every_group(make_comm, world, dt):
 
 @pytest.mark.parametrize("dt", list(TORCH_DTYPES))
 def test_fused_local_launch_at_world_one(make_comm, dt):
-    """World 1: auto runs fused_local.ptx, one CTA per row of 32*GW threads (GW from
-    LOCAL_GROUP_WARPS[vpt]), the one-row kernels' vthreads; "local" is refused at other worlds."""
+    """World 1: auto runs fused_local.ptx in shape LOCAL_SHAPE, one CTA per row of the one-row
+    kernels' block (vthreads threads); "local" is refused at other worlds."""
     comm, rec = make_comm(1)
     tdt, ve = TORCH_DTYPES[dt], catalog.VEC_ELEMS[dt]
     seen = set()
     for hidden in (ve, 512 * ve, 512 * ve + ve, 1024 * ve + ve, 4096 * ve):
         threads, vpt = plan.fused_block(hidden, dt)
-        gw = plan.LOCAL_GROUP_WARPS[vpt]
         for rows, residual, mode in ((3, True, "replicated"), (300, False, "sharded")):
             x = torch.zeros(rows, hidden, dtype=tdt)
             res = torch.zeros(rows, hidden, dtype=tdt) if residual else None
@@ -239,10 +238,10 @@ def test_fused_local_launch_at_world_one(make_comm, dt):
                                              algorithm=algorithm)
                 grid, block = rec.launches[0][:2]
                 entry, args = check_launch(rec)
-                assert entry == f"wn_fused_local_{dt}_g{gw}_v{vpt}" and (grid, block) == (rows, 32 * gw)
+                assert entry == f"wn_fused_local_{dt}_{plan.LOCAL_SHAPE}_v{vpt}" and (grid, block) == (rows, threads)
                 assert int(args[7]) == (2 if residual else 0) and int(args[8]) == threads
-                seen.add((gw, vpt))
-    assert {v for v in seen} == {(plan.LOCAL_GROUP_WARPS[v], v) for v in (1, 2, 4, 8)}
+                seen.add(vpt)
+    assert seen == {1, 2, 4, 8}
     for vpt, shapes in plan.LOCAL_SHAPES.items():  # every rendered shape launches with its own block
         hidden = 512 * vpt * ve
         for shape in shapes:
@@ -251,10 +250,10 @@ def test_fused_local_launch_at_world_one(make_comm, dt):
             grid, block = rec.launches[0][:2]
             entry, args = check_launch(rec)
             assert entry == f"wn_fused_local_{dt}_{shape}_v{vpt}" and grid == 7
-            assert block == (32 * int(shape[1:]) if shape.startswith("g") else 512) and int(args[8]) == 512
+            assert block == 512 and int(args[8]) == 512
     with pytest.raises(ValueError, match="local_shape must be one of"):
-        communicator.launch_local(comm, torch.zeros(7, 513 * ve, dtype=tdt), None, torch.ones(513 * ve, dtype=tdt),
-                                  shape="g2")  # vpt 2 has no 2-warp shape
+        communicator.launch_local(comm, torch.zeros(7, 64 * ve, dtype=tdt), None, torch.ones(64 * ve, dtype=tdt),
+                                  shape="b4")  # b4 is rendered for vpt 2 only
     two, _ = make_comm(2)
     with pytest.raises(ValueError, match="algorithm 'local' runs only at world size 1"):
         two.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(16), algorithm="local")

@@ -124,10 +124,9 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
             if algorithm != "auto":
                 assert p.algorithm == algorithm
             assert p.smem == 0 and p.reason
-            if p.algorithm == "local":  # world 1: one CTA per row, LOCAL_GROUP_WARPS warps each
-                assert p.grid == max(1, rows) and p.vpt == fused_block(hidden, dtype)[1]
-                assert p.group == plan.LOCAL_GROUP_WARPS[p.vpt] and p.block == 32 * p.group
-                assert p.entry == f"wn_fused_local_{dtype}_g{p.group}_v{p.vpt}"
+            if p.algorithm == "local":  # world 1: one CTA per row, the one-row block
+                assert p.grid == max(1, rows) and (p.block, p.vpt) == fused_block(hidden, dtype)
+                assert p.entry == f"wn_fused_local_{dtype}_{plan.LOCAL_SHAPE}_v{p.vpt}"
                 continue
             assert 1 <= p.grid <= MAX_CTAS
             if p.algorithm == "twoshot":  # 16 warps, a group of them per row

@@ -20,7 +20,7 @@ from . import tuning
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
            "fused_block", "row_group",
            "owned_rows", "staging_bytes", "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS",
-           "LOCAL_GROUP_WARPS", "LOCAL_SHAPES", "LAMPORT_SLOT"]
+           "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
@@ -31,9 +31,10 @@ FUSED_ALGORITHMS = ("auto",) + table.algorithms("fused_allreduce_rmsnorm")
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
 FUSED_TWOSHOT_CTAS = 64
-#: the world-1 kernel (fused_local.ptx): warps per row for each VPT of ``fused_block`` (its block
-#: shape "g<GW>"; the tuning choice of the local path, to be retuned by measurement)
-LOCAL_GROUP_WARPS = {1: 4, 2: 8, 4: 16, 8: 16}
+#: the world-1 kernel's block shape (fused_local.ptx): "b", the one-row block, was the fastest of its
+#: shapes or within 3% at 1..16384 tokens x hidden 4096/5120/8192 x bf16/fp16/fp32 on one H200
+#: (commit f54e7dc, against 32*GW-thread blocks of 2-16 warps)
+LOCAL_SHAPE = "b"
 #: every block shape fused_local.ptx renders, per VPT (all give the same bits)
 LOCAL_SHAPES = {vpt: tuple(sh for sh, v in table.spec("fused_allreduce_rmsnorm", "local", "local").variants if v == vpt)
                 for vpt in (1, 2, 4, 8)}
@@ -57,7 +58,7 @@ class Launch:
     vpt, group : int
         16-byte vectors per thread per row, and warps per row, for the fused kernels.
     shape : str
-        The local kernel's block shape (``"g<GW>"``, ``"b"``, ``"b4"``; ``LOCAL_SHAPES``), else "".
+        The local kernel's block shape (``"b"`` or ``"b4"``; ``LOCAL_SHAPES``), else "".
     smem : int
         Bytes of dynamic shared memory.
     flags : AllReduceFlags or FusedFlags or None
@@ -139,10 +140,7 @@ def _make(op, algorithm, transport, dtype, world, grid, flags, reason, *, hidden
     """The Launch of the table's (op, algorithm, transport) kernel: its block rule, its smem, and
     only the flags it honours."""
     spec = table.spec(op, algorithm, transport)
-    if spec.block == "shape":
-        group = int(shape[1:]) if shape.startswith("g") else 0
-        block = 32 * group if group else fused_block(hidden, dtype)[0]
-    elif spec.block == "row":
+    if spec.block == "row":
         block = fused_block(hidden, dtype)[0]
     elif spec.block == "group":
         block = 32 * group
@@ -293,7 +291,7 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         A residual is given (``FusedFlags.RESIDUAL``).
     local_shape : str, optional
         The local kernel's block shape, one of ``LOCAL_SHAPES[vpt]`` (default
-        ``"g<LOCAL_GROUP_WARPS[vpt]>"``): to time or check each shape.
+        ``LOCAL_SHAPE``): to time or check each shape.
 
     Returns
     -------
@@ -332,12 +330,12 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         flags |= bit if wanted else FusedFlags.NONE
     kw = {"hidden": hidden, "vpt": vpt}
     if algorithm == "local":
-        kw["shape"] = local_shape or f"g{LOCAL_GROUP_WARPS[vpt]}"
+        kw["shape"] = local_shape or LOCAL_SHAPE
         if kw["shape"] not in LOCAL_SHAPES[vpt]:
             raise ValueError(f"{op}: local_shape must be one of {LOCAL_SHAPES[vpt]} for hidden {hidden} "
                              f"(got {local_shape!r})")
         default, why = max(1, rows), f"grid: one CTA per row; block shape {kw['shape']}" + (
-            "" if local_shape else " (LOCAL_GROUP_WARPS)")
+            "" if local_shape else " (LOCAL_SHAPE)")
         transport = "local"
     elif algorithm == "twoshot":
         per_rank_rows = -(-rows // world)

@@ -89,8 +89,7 @@ class KernelSpec:
         The ``p_flags`` bits the entry honours (None: no ``p_flags``); others are masked off.
     block : int or str
         Threads per block: a number, ``"row"`` (``plan.fused_block(hidden)[0]``: one row per
-        block), ``"group"`` (``32 * group``) or ``"shape"`` (the local kernel's ``shape`` axis:
-        ``"g<GW>"`` is ``32 * GW`` threads, ``"b"``/``"b4"`` the row block).
+        block), or ``"group"`` (``32 * group``).
     smem : int
         Bytes of dynamic shared memory (0 everywhere now; a kernel above 48 KB would need the
         loader to opt in).
@@ -152,11 +151,9 @@ class KernelSpec:
 
 
 _ONE_ROW_VPT = (("vpt",), ((1,), (2,), (4,), (8,)))
-#: fused_local.ptx's block shapes per VPT: "b" (a thread per virtual thread), "b4" (the same, 4 blocks
-#: per SM), "g<GW>" (GW warps per row, each thread playing 16/GW virtual threads)
-_LOCAL = (("b", 1), ("b", 2), ("b", 4), ("b", 8), ("b4", 2),
-          *((f"g{gw}", vpt) for gw, vpt in ((2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (8, 4),
-                                            (16, 4), (16, 8))))
+#: fused_local.ptx's block shapes per VPT: "b" (the one-row block: a thread per column group), and
+#: "b4" (the same held to 32 registers, 4 blocks per SM)
+_LOCAL = (("b", 1), ("b", 2), ("b", 4), ("b", 8), ("b4", 2))
 
 KERNELS: tuple = (
     KernelSpec("barrier", "barrier", "p2p", "barrier.ptx", "wn_barrier_w{world}", (), None, 32, dtyped=False),
@@ -182,7 +179,7 @@ KERNELS: tuple = (
                "wn_fused_multimem_{dtype}_w{world}_v{vpt}", _FUSED + (("mc_ws", "u64"),),
                FusedFlags.SHARDED | FusedFlags.RESIDUAL, "row", *_ONE_ROW_VPT, status=MULTICAST_STATUS),
     KernelSpec("fused_allreduce_rmsnorm", "local", "local", "fused_local.ptx", "wn_fused_local_{dtype}_{shape}_v{vpt}",
-               _FUSED + (("vthreads", "u32"),), FusedFlags.RESIDUAL, "shape", ("shape", "vpt"), _LOCAL,
+               _FUSED + (("vthreads", "u32"),), FusedFlags.RESIDUAL, "row", ("shape", "vpt"), _LOCAL,
                channel=False, per_world=False),
 )
 
