@@ -49,12 +49,14 @@ def _child() -> None:
             weight = torch.randn(HIDDEN, device="cuda").to(torch.bfloat16)
             graphs = []
             side.wait_stream(torch.cuda.current_stream())
+            ctas = 32 if w > 2 else None  # every rank's grid resident at once (EmulatedWorld's rule)
             for xs in sets:
                 if op == "fused":
                     fn = (lambda xs: lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res[r], weight, 1e-6, algorithm=alg,
-                                                                            out=outs[r]))(xs)
+                                                                            ctas=ctas, out=outs[r]))(xs)
                 else:
-                    fn = (lambda xs: lambda r, c: c.all_reduce(xs[r], out=outs[r], algorithm=alg))(xs)
+                    fn = (lambda xs: lambda r, c: c.all_reduce(xs[r], out=outs[r], algorithm=alg,
+                                                          ctas=ctas))(xs)
                 world.run(fn)
                 torch.cuda.synchronize()
                 g = torch.cuda.CUDAGraph()
