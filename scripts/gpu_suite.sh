@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a GPU machine without network (the lent H200s): install the carried nvshmem4py wheel, then run
+# On a GPU machine without network access: install the carried nvshmem4py wheel, then run
 # the multi-GPU test suite (with >= 2 GPUs), the emulated suite (SKIP_EMULATED=1 skips it), (RUN_TUNE=1)
 # the tuning command, (unless SKIP_BENCH=1) the benchmark. Logs and JSON go to ${OUT:-bench}.
 # NVLink multicast stays off: NVSHMEM_DISABLE_NVLS defaults to 1 and any other value is refused.
@@ -27,7 +27,7 @@ if [ "${SKIP_TESTS:-0}" != "1" ] && [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   echo "gpu suite exit code: $rc"
 fi
 if [ "${SKIP_EMULATED:-0}" != "1" ]; then  # world sizes 2/4/8 emulated on GPU 0, one process
-  CUDA_DEVICE_MAX_CONNECTIONS=32 timeout "${EMULATED_TIMEOUT:-420}" python3 -m pytest tests/emulated -q -p no:cacheprovider \
+  CUDA_DEVICE_MAX_CONNECTIONS=32 timeout "${EMULATED_TIMEOUT:-600}" python3 -m pytest tests/emulated -q -p no:cacheprovider \
     2>&1 | tee "$OUTDIR/emulated-tests.log" | tail -5; erc=${PIPESTATUS[0]}
   echo "emulated suite exit code: $erc"; [ "$erc" -ne 0 ] && rc=$erc
 fi
@@ -37,6 +37,9 @@ if [ "${RUN_TUNE:-0}" = "1" ]; then  # measure and install this device's tuning 
   echo "tune exit code: ${PIPESTATUS[0]}"
 fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
+  # the world-1 norm suite (one process): our local kernel vs the fused add+RMSNorm baselines
+  timeout "${NORM_TIMEOUT:-590}" python3 -m weave_nvshmem.bench norm ${NORM_ARGS:-} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/norm.log" | tail -5
+  echo "norm exit code: ${PIPESTATUS[0]}"
   NGPU=$(nvidia-smi -L | wc -l)
   timeout "${BENCH_TIMEOUT:-480}" torchrun --nproc-per-node="$NGPU" -m weave_nvshmem.bench ${BENCH_ARGS:-all} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/bench.log" | tail -60
   echo "bench exit code: ${PIPESTATUS[0]}"
