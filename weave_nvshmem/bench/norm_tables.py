@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import baselines
-from .report import commit_of, fmt_ratio, fmt_us, pyplot, save_figure
+from .cells import commit_of, fmt_ratio, fmt_us, pyplot, save_figure
 from .variants import NORM_TARGET
 
 

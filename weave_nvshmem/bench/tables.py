@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import variants as reg
 from .harness import fmt_bytes
-from .report import commit_of, fmt_ratio, fmt_us, pyplot, save_figure, scope_note
+from .cells import commit_of, fmt_ratio, fmt_us, pyplot, save_figure, scope_note
 
 OPS = {"allreduce": "all_reduce", "reducescatter": "reduce_scatter", "allgather": "all_gather"}
 
