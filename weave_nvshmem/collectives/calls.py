@@ -15,7 +15,7 @@ from ..ptx.catalog import VEC_ELEMS
 from .plan import ptx_dtype
 
 __all__ = ["Call", "VALIDATE", "all_reduce", "scatter_gather", "fused_allreduce_rmsnorm", "barrier", "put",
-           "channel_index"]
+           "channel_index", "span", "check_apart"]
 
 
 @dataclass
@@ -98,6 +98,25 @@ def channel_index(op, channel, nchannels: int) -> int:
     return channel
 
 
+def span(t):
+    """The bytes ``(start, end)`` of contiguous ``t``; None for None or an empty tensor (never overlaps)."""
+    if t is None or not t.nbytes:
+        return None
+    start = t.data_ptr()
+    return start, start + t.nbytes
+
+
+def check_apart(op, name_a, a, name_b, b, fix):
+    """ValueError naming ``op`` and both arguments when the spans ``a`` and ``b`` (``span()``) intersect.
+
+    A kernel that writes one while it (or a peer) still reads the other would compute from
+    overwritten data, so such calls are refused before anything is launched or grown.
+    """
+    if a and b and a[0] < b[1] and b[0] < a[1]:
+        raise ValueError(f"{op}: {name_a} and {name_b} overlap ({name_a} [{a[0]:#x}, +{a[1] - a[0]} bytes), "
+                         f"{name_b} [{b[0]:#x}, +{b[1] - b[0]} bytes)); {fix}")
+
+
 def _input(comm, op, x, channel):
     """(torch x, back, PTX dtype, channel) after the checks every data op shares."""
     xt, back = to_torch(x)
@@ -124,8 +143,12 @@ def all_reduce(comm, x, *, out=None, algorithm: str = "auto", ctas=None, channel
     """``Communicator.all_reduce``'s arguments, checked."""
     op = "all_reduce"
     xt, back, dt, c = _input(comm, op, x, channel)
-    return Call(op, dt, xt, _out(op, out, xt.shape, xt), tuple(xt.shape), back, op_stream(stream, x), c, xt.numel(),
-                algorithm, ctas)
+    o = _out(op, out, xt.shape, xt)
+    # out is x exactly (same start; same shape and dtype, checked) is in place: every algorithm reads a
+    # vector of x (pushes it, or sums its own share) before its block writes that vector of out
+    if o is not None and o.data_ptr() != xt.data_ptr():
+        check_apart(op, "out", span(o), "x", span(xt), "pass out=x (in place) or a separate out")
+    return Call(op, dt, xt, o, tuple(xt.shape), back, op_stream(stream, x), c, xt.numel(), algorithm, ctas)
 
 
 def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, stream=None) -> Call:
@@ -146,7 +169,12 @@ def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, s
     if chunk_bytes % 16:
         raise ValueError(f"{op}: each rank's chunk must be a multiple of 16 bytes (got {chunk_bytes}); "
                          "pad the tensor or use all_reduce")
-    return Call(op, dt, xt, _out(op, out, shape, xt), shape, back, op_stream(stream, x), c, total, ctas=ctas)
+    o = _out(op, out, shape, xt)
+    # out's chunks are written while peers still read x's (or x is a chunk of out); world 1 is a
+    # device copy, none when out is x
+    if o is not None and not (world == 1 and o.data_ptr() == xt.data_ptr()):
+        check_apart(op, "out", span(o), "x", span(xt), "pass a separate out")
+    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, ctas=ctas)
 
 
 def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
@@ -179,8 +207,32 @@ def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, res
     eps = float(eps)
     if not eps >= 0:
         raise ValueError(f"{op}: eps must be >= 0 (got {eps})")
+    wt = wt.contiguous()
+    _check_fused_apart(op, xt, rt, wt, o)
     return Call(op, dt, xt, o, (rows, hidden), back, op_stream(stream, x), c, xt.numel(), algorithm, ctas,
-                residual=rt, weight=wt.contiguous(), eps=eps, sharded=residual_mode == "sharded")
+                residual=rt, weight=wt, eps=eps, sharded=residual_mode == "sharded")
+
+
+def _check_fused_apart(op, x, residual, weight, out):
+    """Refuse the overlaps that give wrong results: the kernels write residual and out while x,
+    residual and weight are still read (x also by the peers, zero copy), and out on residual would
+    return one memory as both results. x and weight are only read, so they may share bytes."""
+    n = x.nbytes  # residual's and out's too (checked)
+    if not n or (out is None and residual is None):
+        return
+    # a few integer comparisons on the decode path; a missing tensor is the span (0, 0), which meets none
+    x0, w0 = x.data_ptr(), weight.data_ptr()
+    r0 = 0 if residual is None else residual.data_ptr()
+    o0 = 0 if out is None else out.data_ptr()
+    x1, w1, r1, o1 = x0 + n, w0 + weight.nbytes, r0 and r0 + n, o0 and o0 + n
+    if not ((o0 < r1 and r0 < o1) or (o0 < x1 and x0 < o1) or (o0 < w1 and w0 < o1)
+            or (r0 < x1 and x0 < r1) or (r0 < w1 and w0 < r1)):
+        return
+    xs, rs, ws, outs = (x0, x1), (r0, r1), (w0, w1), (o0, o1)
+    for name, s in (("residual", rs), ("x", xs), ("weight", ws)):
+        check_apart(op, "out", outs, name, s, "pass a separate out")
+    for name, s in (("x", xs), ("weight", ws)):
+        check_apart(op, "residual", rs, name, s, "pass a separate residual")
 
 
 def barrier(comm, *, channel: int = 0, timeout: float | None = None, stream=None) -> Call:

@@ -333,7 +333,8 @@ class Communicator:
             (``weave_nvshmem.empty``, the same tensor on every rank: the two-shot kernel reads it
             on the peers in place, zero copy).
         out : same type, shape and dtype as ``x``, optional
-            May be ``x`` (in place).
+            May be ``x`` itself (in place, every algorithm); any other overlap with ``x`` raises
+            ValueError.
         algorithm : str
             ``"auto"``, ``"lamport"``, ``"oneshot"`` or ``"twoshot"`` (``plan.ALLREDUCE_ALGORITHMS``).
         ctas : int, optional
@@ -356,8 +357,8 @@ class Communicator:
         """Sum over ranks, keep chunk ``rank`` of the flattened result. Collective.
 
         ``x``: ``[world * n, ...]`` bf16/fp16/fp32 (numel divisible by world, chunk bytes a multiple
-        of 16); returns/out: ``[n, ...]`` (``x.shape[0] // world`` rows). Other arguments as in
-        ``all_reduce``.
+        of 16); returns/out: ``[n, ...]`` (``x.shape[0] // world`` rows), not overlapping ``x``
+        (ValueError; ``out=x`` only at world 1). Other arguments as in ``all_reduce``.
         """
         call = self._validate("reduce_scatter", x, out=out, ctas=ctas, channel=channel, stream=stream)
         return self._run(call, self._plan(call))
@@ -366,7 +367,8 @@ class Communicator:
         """Concatenate every rank's ``x`` along dim 0 in rank order. Collective.
 
         ``x``: ``[n, ...]`` bf16/fp16/fp32 with its bytes a multiple of 16; returns/out:
-        ``[world * n, ...]``. Other arguments as in ``all_reduce``.
+        ``[world * n, ...]``, not overlapping ``x`` (ValueError; ``out=x`` only at world 1). Other
+        arguments as in ``all_reduce``.
         """
         call = self._validate("all_gather", x, out=out, ctas=ctas, channel=channel, stream=stream)
         return self._run(call, self._plan(call))
@@ -384,8 +386,8 @@ class Communicator:
             same tensor on every rank, e.g. a GEMM's output buffer from ``weave_nvshmem.empty``)
             is read by the peers in place by the two-shot kernel (zero copy).
         residual : same type, ``[T, H]`` same dtype, or None
-            Updated in place; None (first layer): a new residual holding ``all_reduce(x)`` is
-            returned.
+            Updated in place, so it must not overlap ``x``, ``weight`` or ``out`` (ValueError);
+            None (first layer): a new residual holding ``all_reduce(x)`` is returned.
         weight : ``[H]`` same dtype
         eps : float
             >= 0.
@@ -397,7 +399,8 @@ class Communicator:
             ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"``, or ``"local"`` (world 1 only;
             what ``auto`` runs there).
         ctas, out, channel, stream
-            As in ``all_reduce``; ``out`` is ``[T, H]``.
+            As in ``all_reduce``; ``out`` is ``[T, H]`` and must not overlap ``x``, ``residual``
+            or ``weight`` (ValueError). Only ``x`` and ``weight``, both read-only, may share bytes.
 
         Returns
         -------
