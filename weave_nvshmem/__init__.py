@@ -28,13 +28,19 @@ def __getattr__(name):
     raise AttributeError(f"module 'weave_nvshmem' has no attribute {name!r}")
 
 
+def _given(**options) -> dict:
+    """The options that are not None (so a communicator without them still takes the call)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _comm():
     from .collectives import ops
 
     return ops.current_communicator()
 
 
-def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
+def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+               compression=None):
     """Sum ``x`` over all ranks, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -56,6 +62,10 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
         Workspace to use: ops that may run concurrently on different streams need different ones.
     stream : torch.cuda.Stream, optional
         Default: torch's current stream (CuPy's current stream for CuPy input).
+    compression : str, dict or CompressionSpec, optional
+        Blockwise low-bit compression of the traffic (``"fp8"``, ``"int8"``, ``"mxfp4"``;
+        ``weave_nvshmem.collectives.compression.CompressionSpec``; docs/compression.md). None:
+        uncompressed.
 
     Returns
     -------
@@ -66,10 +76,11 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
     --------
     Communicator.all_reduce
     """
-    return _comm().all_reduce(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream)
+    return _comm().all_reduce(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
+                              **_given(compression=compression))
 
 
-def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
+def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
     """Sum ``x`` over all ranks and keep this rank's chunk of dim 0, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -87,6 +98,10 @@ def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
         Workspace to use (see ``all_reduce``).
     stream : torch.cuda.Stream, optional
         Default: torch's current stream.
+    compression : str, dict or CompressionSpec, optional
+        Blockwise low-bit compression of the traffic (``"fp8"``, ``"int8"``, ``"mxfp4"``;
+        ``weave_nvshmem.collectives.compression.CompressionSpec``; docs/compression.md). None:
+        uncompressed.
 
     Returns
     -------
@@ -97,10 +112,11 @@ def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
     --------
     Communicator.reduce_scatter
     """
-    return _comm().reduce_scatter(x, out=out, ctas=ctas, channel=channel, stream=stream)
+    return _comm().reduce_scatter(x, out=out, ctas=ctas, channel=channel, stream=stream,
+                                  **_given(compression=compression))
 
 
-def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
+def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
     """Concatenate every rank's ``x`` along dim 0 in rank order, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -117,6 +133,10 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
         Workspace to use (see ``all_reduce``).
     stream : torch.cuda.Stream, optional
         Default: torch's current stream.
+    compression : str, dict or CompressionSpec, optional
+        Blockwise low-bit compression of the traffic (``"fp8"``, ``"int8"``, ``"mxfp4"``;
+        ``weave_nvshmem.collectives.compression.CompressionSpec``; docs/compression.md). None:
+        uncompressed.
 
     Returns
     -------
@@ -127,7 +147,8 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
     --------
     Communicator.all_gather
     """
-    return _comm().all_gather(x, out=out, ctas=ctas, channel=channel, stream=stream)
+    return _comm().all_gather(x, out=out, ctas=ctas, channel=channel, stream=stream,
+                              **_given(compression=compression))
 
 
 def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",

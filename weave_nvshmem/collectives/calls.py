@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..memory.interop import op_stream, to_torch
 from ..ptx.catalog import VEC_ELEMS
+from .compression import CompressionSpec, check as check_compression
 from .plan import ptx_dtype
 
 __all__ = ["Call", "VALIDATE", "all_reduce", "scatter_gather", "fused_allreduce_rmsnorm", "barrier", "put",
@@ -48,6 +49,8 @@ class Call:
         The barrier's bound (None: the communicator's).
     dst, pe :
         ``put``'s symmetric destination and peer.
+    compression : CompressionSpec or None
+        The checked ``compression=`` (None: uncompressed).
     """
 
     op: str
@@ -68,6 +71,7 @@ class Call:
     timeout_s: float | None = None
     dst: Any = None
     pe: int = 0
+    compression: CompressionSpec | None = None
 
     @property
     def nbytes(self) -> int:
@@ -139,19 +143,35 @@ def _out(op, out, shape, like):
     return o
 
 
-def all_reduce(comm, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None) -> Call:
+def _compression(op, compression, numel, world, algorithm="auto", chunk=None):
+    """The checked CompressionSpec of ``compression=`` (None stays None)."""
+    spec = CompressionSpec.of(compression)
+    if spec is None:
+        return None
+    if algorithm != "auto":
+        raise ValueError(f"{op}: compression runs its own two-shot kernel; pass algorithm='auto' with it "
+                         f"(got {algorithm!r})")
+    check_compression(op, spec, numel, world, chunk=chunk)
+    return spec
+
+
+def all_reduce(comm, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+               compression=None) -> Call:
     """``Communicator.all_reduce``'s arguments, checked."""
     op = "all_reduce"
     xt, back, dt, c = _input(comm, op, x, channel)
+    q = _compression(op, compression, xt.numel(), comm.world, algorithm)
     o = _out(op, out, xt.shape, xt)
     # out is x exactly (same start; same shape and dtype, checked) is in place: every algorithm reads a
     # vector of x (pushes it, or sums its own share) before its block writes that vector of out
     if o is not None and o.data_ptr() != xt.data_ptr():
         check_apart(op, "out", span(o), "x", span(xt), "pass out=x (in place) or a separate out")
-    return Call(op, dt, xt, o, tuple(xt.shape), back, op_stream(stream, x), c, xt.numel(), algorithm, ctas)
+    return Call(op, dt, xt, o, tuple(xt.shape), back, op_stream(stream, x), c, xt.numel(), algorithm, ctas,
+                compression=q)
 
 
-def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, stream=None) -> Call:
+def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, stream=None,
+                   compression=None) -> Call:
     """``reduce_scatter``'s or ``all_gather``'s (``op``) arguments, checked."""
     xt, back, dt, c = _input(comm, op, x, channel)
     world = comm.world
@@ -169,12 +189,13 @@ def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, s
     if chunk_bytes % 16:
         raise ValueError(f"{op}: each rank's chunk must be a multiple of 16 bytes (got {chunk_bytes}); "
                          "pad the tensor or use all_reduce")
+    q = _compression(op, compression, total, world, chunk=total // world)
     o = _out(op, out, shape, xt)
     # out's chunks are written while peers still read x's (or x is a chunk of out); world 1 is a
     # device copy, none when out is x
     if o is not None and not (world == 1 and o.data_ptr() == xt.data_ptr()):
         check_apart(op, "out", span(o), "x", span(xt), "pass a separate out")
-    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, ctas=ctas)
+    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, ctas=ctas, compression=q)
 
 
 def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",

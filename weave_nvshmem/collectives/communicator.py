@@ -19,7 +19,7 @@ from .. import errors
 from ..memory.hostmapped import HostMappedWords
 from ..memory.interop import torch_stream
 from ..memory.runtime import on_finalize
-from . import calls
+from . import calls, compression
 from . import plan as planning
 from .calls import Call
 from .channel import Channel
@@ -233,6 +233,8 @@ class Communicator:
             return planning.plan_put(call.nbytes, self.world)
         if call.numel == 0:
             return planning.Launch(op, "none", None, dt, self.world, 0, 0, reason="empty input: nothing to launch")
+        if call.compression is not None:
+            return planning.plan_compressed(op, call.numel, dt, self.world, call.compression, call.ctas)
         ch = self._channels[call.channel]
         zero_copy = call.x.data_ptr() % 16 == 0 and self._fabric.zero_copy(ch, call.x)
         if op == "all_reduce":
@@ -261,8 +263,10 @@ class Communicator:
                 o.copy_(x)
         elif p.kernel is not None:
             spec = p.kernel
-            if spec.channel and self._channels[call.channel].cap < planning.staging_bytes(call.nbytes):
-                self.reserve(planning.staging_bytes(call.nbytes), call.channel)  # grows collectively
+            need = planning.staging_bytes(call.nbytes) if call.compression is None else \
+                compression.staging_bytes(call.compression, call.numel, x.element_size(), self.world)
+            if spec.channel and self._channels[call.channel].cap < need:
+                self.reserve(need, call.channel)  # grows collectively
             values = self._values(call, p, o, res)
             if spec.channel:
                 values.update(self._common(self._channels[call.channel], call))
@@ -322,7 +326,8 @@ class Communicator:
         if call.nbytes:
             self._run(call, self._plan(call))
 
-    def all_reduce(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
+    def all_reduce(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+                   compression=None):
         """Sum ``x`` over all ranks. Collective: same shape/dtype/algorithm/ctas on every rank.
 
         Parameters
@@ -343,6 +348,11 @@ class Communicator:
             The workspace to use.
         stream : optional
             Default: torch's current stream (CuPy's for CuPy input).
+        compression : str, dict or compression.CompressionSpec, optional
+            Blockwise low-bit compression of the traffic (``"fp8"``, ``"int8"``, ``"mxfp4"``, or
+            ``CompressionSpec(format, block, gather)``; docs/compression.md): the compressed
+            two-shot kernel, ``algorithm`` must stay ``"auto"``, ``x.numel()`` a multiple of the
+            block. None: uncompressed.
 
         Returns
         -------
@@ -350,27 +360,31 @@ class Communicator:
             ``out``, or a new tensor of the caller's array type; bitwise identical on all ranks.
         """
         call = self._validate("all_reduce", x, out=out, algorithm=algorithm, ctas=ctas, channel=channel,
-                              stream=stream)
+                              stream=stream, compression=compression)
         return self._run(call, self._plan(call))
 
-    def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None):
+    def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
         """Sum over ranks, keep chunk ``rank`` of the flattened result. Collective.
 
         ``x``: ``[world * n, ...]`` bf16/fp16/fp32 (numel divisible by world, chunk bytes a multiple
         of 16); returns/out: ``[n, ...]`` (``x.shape[0] // world`` rows), not overlapping ``x``
-        (ValueError; ``out=x`` only at world 1). Other arguments as in ``all_reduce``.
+        (ValueError; ``out=x`` only at world 1). Other arguments as in ``all_reduce``
+        (``compression``: each chunk a multiple of the block; the chunk is the fp32 sum rounded).
         """
-        call = self._validate("reduce_scatter", x, out=out, ctas=ctas, channel=channel, stream=stream)
+        call = self._validate("reduce_scatter", x, out=out, ctas=ctas, channel=channel, stream=stream,
+                              compression=compression)
         return self._run(call, self._plan(call))
 
-    def all_gather(self, x, *, out=None, ctas=None, channel: int = 0, stream=None):
+    def all_gather(self, x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
         """Concatenate every rank's ``x`` along dim 0 in rank order. Collective.
 
         ``x``: ``[n, ...]`` bf16/fp16/fp32 with its bytes a multiple of 16; returns/out:
         ``[world * n, ...]``, not overlapping ``x`` (ValueError; ``out=x`` only at world 1). Other
-        arguments as in ``all_reduce``.
+        arguments as in ``all_reduce`` (``compression``: the chunks travel quantized, every rank,
+        the owner too, returns the dequantized values; gather must be "compressed").
         """
-        call = self._validate("all_gather", x, out=out, ctas=ctas, channel=channel, stream=stream)
+        call = self._validate("all_gather", x, out=out, ctas=ctas, channel=channel, stream=stream,
+                              compression=compression)
         return self._run(call, self._plan(call))
 
     def fused_allreduce_rmsnorm(self, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",

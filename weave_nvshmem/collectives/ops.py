@@ -102,53 +102,83 @@ def _of_world(op: str, world: int):
 
 
 # ---- all_reduce, reduce_scatter, all_gather ---------------------------------------------------------
+def _compression(text: str) -> dict:
+    """``compression=`` of a GPU call from the ops' string form ("" none; "fp8", "int8:64:input"):
+    an empty dict when none, so the communicator's own default applies."""
+    if not text:
+        return {}
+    from .compression import CompressionSpec
+
+    return {"compression": CompressionSpec.parse(text)}
+
+
+def _compressed_reference(x, compression: str):
+    """The CPU reference of a compressed all-reduce: the kernel's math (quantize.py) over the
+    ranks' inputs gathered with torch.distributed (the input itself at one rank: no compression)."""
+    from .compression import CompressionSpec
+    from .quantize import compressed_all_reduce
+
+    spec = CompressionSpec.parse(compression)
+    _, world = _ranks()
+    if world == 1:
+        return x.clone()
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return compressed_all_reduce(parts, spec)
+
+
 @torch.library.custom_op("weave_nvshmem::all_reduce", mutates_args=())
-def all_reduce(x: torch.Tensor, algorithm: str = "auto", ctas: int = 0) -> torch.Tensor:
-    """Sum of ``x`` over ranks, a new tensor (``Communicator.all_reduce``). Collective."""
-    return current_communicator().all_reduce(x, algorithm=algorithm, ctas=ctas or None)
+def all_reduce(x: torch.Tensor, algorithm: str = "auto", ctas: int = 0, compression: str = "") -> torch.Tensor:
+    """Sum of ``x`` over ranks, a new tensor (``Communicator.all_reduce``). Collective.
+    ``compression``: "" (none) or ``CompressionSpec.parse``'s form, e.g. "fp8" or "int8:64:input"."""
+    return current_communicator().all_reduce(x, algorithm=algorithm, ctas=ctas or None, **_compression(compression))
 
 
 @all_reduce.register_fake
-def _(x, algorithm="auto", ctas=0):
+def _(x, algorithm="auto", ctas=0, compression=""):
     return torch.empty_like(x)
 
 
 @all_reduce.register_kernel("cpu")
-def _(x, algorithm="auto", ctas=0):
-    return _sum_over_ranks(x)
+def _(x, algorithm="auto", ctas=0, compression=""):
+    return _compressed_reference(x, compression) if compression else _sum_over_ranks(x)
 
 
 @torch.library.custom_op("weave_nvshmem::reduce_scatter", mutates_args=())
-def reduce_scatter(x: torch.Tensor, world: int, ctas: int = 0) -> torch.Tensor:
-    """Sum over ranks, keep this rank's chunk of dim 0. ``world``: the world size (for shapes)."""
-    return _of_world("reduce_scatter", world).reduce_scatter(x, ctas=ctas or None)
+def reduce_scatter(x: torch.Tensor, world: int, ctas: int = 0, compression: str = "") -> torch.Tensor:
+    """Sum over ranks, keep this rank's chunk of dim 0. ``world``: the world size (for shapes).
+    ``compression`` as in ``all_reduce`` (the CPU reference ignores it: it sums exactly)."""
+    return _of_world("reduce_scatter", world).reduce_scatter(x, ctas=ctas or None, **_compression(compression))
 
 
 @reduce_scatter.register_fake
-def _(x, world, ctas=0):
+def _(x, world, ctas=0, compression=""):
     return x.new_empty((x.shape[0] // world,) + tuple(x.shape[1:]))
 
 
 @reduce_scatter.register_kernel("cpu")
-def _(x, world, ctas=0):
+def _(x, world, ctas=0, compression=""):
     rank, _ = _check_world("reduce_scatter", world)
     n = x.shape[0] // world
     return _sum_over_ranks(x)[rank * n:(rank + 1) * n].clone()
 
 
 @torch.library.custom_op("weave_nvshmem::all_gather", mutates_args=())
-def all_gather(x: torch.Tensor, world: int, ctas: int = 0) -> torch.Tensor:
-    """Every rank's ``x`` concatenated along dim 0 in rank order. ``world``: the world size."""
-    return _of_world("all_gather", world).all_gather(x, ctas=ctas or None)
+def all_gather(x: torch.Tensor, world: int, ctas: int = 0, compression: str = "") -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order. ``world``: the world size.
+    ``compression`` as in ``all_reduce`` (the CPU reference ignores it: it gathers exactly)."""
+    return _of_world("all_gather", world).all_gather(x, ctas=ctas or None, **_compression(compression))
 
 
 @all_gather.register_fake
-def _(x, world, ctas=0):
+def _(x, world, ctas=0, compression=""):
     return x.new_empty((x.shape[0] * world,) + tuple(x.shape[1:]))
 
 
 @all_gather.register_kernel("cpu")
-def _(x, world, ctas=0):
+def _(x, world, ctas=0, compression=""):
     _check_world("all_gather", world)
     if world == 1:
         return x.clone()

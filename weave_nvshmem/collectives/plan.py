@@ -9,15 +9,17 @@ built-in size rules below. ``Launch.reason`` names the one that decided.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
 from ..ptx import table
 from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
-from ..ptx.table import AllReduceFlags, FusedFlags, KernelSpec
+from ..ptx.table import AllReduceFlags, CompressedFlags, FusedFlags, KernelSpec
 from . import tuning
 
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
+           "plan_compressed",
            "fused_block", "row_group",
            "owned_rows", "staging_bytes", "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS",
            "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
@@ -26,7 +28,8 @@ __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "pl
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 #: ``algorithm=`` values: "auto" and what the kernel table offers (multicast twins are a transport
 #: of "twoshot", chosen by the channel, not by name)
-ALLREDUCE_ALGORITHMS = ("auto",) + table.algorithms("all_reduce")
+#: ("twoshot_q", compressed.ptx, is chosen by ``compression=``, never by name)
+ALLREDUCE_ALGORITHMS = ("auto",) + tuple(a for a in table.algorithms("all_reduce") if a != "twoshot_q")
 FUSED_ALGORITHMS = ("auto",) + table.algorithms("fused_allreduce_rmsnorm")
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
@@ -59,6 +62,8 @@ class Launch:
         16-byte vectors per thread per row, and warps per row, for the fused kernels.
     shape : str
         The local kernel's block shape (``"b"`` or ``"b4"``; ``LOCAL_SHAPES``), else "".
+    fmt, qblock : str, int
+        The compressed kernels' format and elements per scale (``plan_compressed``), else "", 0.
     smem : int
         Bytes of dynamic shared memory.
     flags : AllReduceFlags or FusedFlags or None
@@ -80,6 +85,8 @@ class Launch:
     smem: int = 0
     flags: enum.IntFlag | None = None
     reason: str = ""
+    fmt: str = ""
+    qblock: int = 0
 
     @property
     def transport(self) -> str:
@@ -245,6 +252,45 @@ def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, 
     flags = AllReduceFlags.ALL_GATHER if op == "all_gather" else (
         AllReduceFlags.REDUCE_SCATTER | (AllReduceFlags.ZERO_COPY if zero_copy else AllReduceFlags.NONE))
     return _make(op, "twoshot", "p2p", dtype, world, ctas, flags, f"{op}: the two-shot kernel's {op} mode; {why}")
+
+
+def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None) -> Launch:
+    """Plan a compressed ``all_reduce``, ``reduce_scatter`` or ``all_gather`` (``op``):
+    compressed.ptx's entry for ``spec`` (a ``compression.CompressionSpec``), a device copy at
+    world 1 (nothing crosses a link).
+
+    Parameters
+    ----------
+    op : str
+        ``"all_reduce"``, ``"reduce_scatter"`` or ``"all_gather"``.
+    numel : int
+        Elements of the reduced (all_gather: gathered) tensor, a multiple of ``spec.block``.
+    dtype, world, ctas
+        As in ``plan_all_reduce``.
+
+    Returns
+    -------
+    Launch
+        ``algorithm == "twoshot_q"``, ``fmt``/``qblock`` the spec's; the grid one CTA per 16
+        blocks a rank owns (a warp per block), at most 32.
+    """
+    ctas = _check_ctas(ctas, op)
+    if world == 1:
+        return _copy(op, dtype, "nothing crosses a link at one rank")
+    _vec_elems(dtype, op)
+    own = -(-(numel // spec.block) // world)
+    reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
+    if ctas is None:
+        ctas = max(1, min(32, -(-own // 16)))
+        reason += "; grid: one CTA per 16 blocks a rank owns, at most 32"
+    else:
+        reason += "; ctas given"
+    flags = {"all_reduce": CompressedFlags.NONE, "reduce_scatter": CompressedFlags.REDUCE_SCATTER,
+             "all_gather": CompressedFlags.ALL_GATHER}[op]
+    if spec.gather == "input" and op == "all_reduce":
+        flags |= CompressedFlags.GATHER_INPUT
+    base = _make(op, "twoshot_q", "p2p", dtype, world, ctas, flags, reason)
+    return dataclasses.replace(base, fmt=spec.format, qblock=spec.block)
 
 
 def plan_barrier(world: int) -> Launch:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AllReduceFlags", "FusedFlags", "KernelSpec", "KERNELS", "MULTICAST_STATUS", "spec", "algorithms",
+__all__ = ["AllReduceFlags", "FusedFlags", "CompressedFlags", "COMPRESSED_VARIANTS", "KernelSpec", "KERNELS", "MULTICAST_STATUS", "spec", "algorithms",
            "files"]
 
 #: the status line of every multicast spec (and of multimem.ptx's header)
@@ -51,6 +51,26 @@ class FusedFlags(enum.IntFlag):
     SHARDED = 1
     RESIDUAL = 2
     ZERO_COPY = 4
+
+
+class CompressedFlags(enum.IntFlag):
+    """``p_flags`` of compressed.ptx (the blockwise low-bit two-shot, ``algorithm="twoshot_q"``).
+
+    ``REDUCE_SCATTER`` (1): stop after the sum, ``out`` is the own segment (rounded, not
+    re-quantized). ``ALL_GATHER`` (2): no push and no sum; the input is this rank's chunk, sent
+    quantized. ``GATHER_INPUT`` (4): the gather sends the sums in the input dtype instead of
+    re-quantizing them.
+    """
+
+    NONE = 0
+    REDUCE_SCATTER = 1
+    ALL_GATHER = 2
+    GATHER_INPUT = 4
+
+
+#: compressed.ptx's (format, block) entries: fp8/int8 at 64/128/256 elements a scale, mxfp4 at 32
+COMPRESSED_VARIANTS = (("fp8", 64), ("fp8", 128), ("fp8", 256), ("int8", 64), ("int8", 128), ("int8", 256),
+                       ("mxfp4", 32))
 
 
 #: PTX parameter type -> the numpy scalar the launch passes
@@ -181,6 +201,12 @@ KERNELS: tuple = (
     KernelSpec("fused_allreduce_rmsnorm", "local", "local", "fused_local.ptx", "wn_fused_local_{dtype}_{shape}_v{vpt}",
                _FUSED + (("vthreads", "u32"),), FusedFlags.RESIDUAL, "row", ("shape", "vpt"), _LOCAL,
                channel=False, per_world=False),
+    # compressed two-shot (docs/compression.md): one file, the op picks the mode through p_flags
+    *(KernelSpec(op, "twoshot_q", "p2p", "compressed.ptx", "wn_allreduce_q_{fmt}_{dtype}_w{world}_b{qblock}", _AR,
+                 flags, 512, ("fmt", "qblock"), COMPRESSED_VARIANTS)
+      for op, flags in (("all_reduce", CompressedFlags.GATHER_INPUT),
+                        ("reduce_scatter", CompressedFlags.REDUCE_SCATTER),
+                        ("all_gather", CompressedFlags.ALL_GATHER))),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}

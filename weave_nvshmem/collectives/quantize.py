@@ -1,0 +1,172 @@
+"""Float-exact CPU model of compressed.ptx: each format's quantize/dequantize, the compressed
+all-reduce as the kernel computes it, and the error bound the tests hold the kernels to.
+
+Every step is an IEEE fp32 operation the kernel does the same way (``div.rn``, ``rcp.rn``,
+``mul.rn``, round-to-nearest-even conversions, sums in rank order), so on any device this model
+gives the kernel's bits. Formats and policies: docs/compression.md.
+"""
+from __future__ import annotations
+
+import torch
+
+from .compression import CompressionSpec
+
+__all__ = ["quantize", "dequantize", "roundtrip", "element_bound", "compressed_all_reduce", "all_reduce_bound",
+           "QMAX"]
+
+#: largest code magnitude: e4m3 448, int8 127, e2m1 6
+QMAX = {"fp8": 448.0, "int8": 127.0, "mxfp4": 6.0}
+_TINY = 2.0 ** -126  # fp8/int8: a scale below the smallest normal fp32 makes the block zero
+#: e2m1 magnitudes by code 0..7, and the round-to-nearest-even thresholds between them
+_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+_E2M1_UP = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+
+
+def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    x = x.reshape(-1).float()
+    if x.numel() % block:
+        raise ValueError(f"quantize: {x.numel()} elements are not whole blocks of {block}")
+    return x.view(-1, block)
+
+
+def _amax(xb: torch.Tensor) -> torch.Tensor:
+    """Per-block max |x|, NaN if the block holds one (max.NaN.f32)."""
+    a = xb.abs().amax(dim=1)
+    return torch.where(torch.isnan(xb).any(dim=1), torch.full_like(a, float("nan")), a)
+
+
+def quantize(x: torch.Tensor, spec: CompressionSpec):
+    """``(codes, scales)`` of ``x`` (any shape, numel a multiple of ``spec.block``).
+
+    Returns
+    -------
+    codes : torch.Tensor
+        ``[nblk, block]``: fp8 ``float8_e4m3fn``; int8 ``int8``; mxfp4 ``uint8`` codes 0..15
+        (bit 3 the sign).
+    scales : torch.Tensor
+        ``[nblk]``: fp8/int8 ``float32`` scales; mxfp4 ``uint8`` E8M0 codes (255: NaN).
+    """
+    xb = _blocks(x, spec.block)
+    amax = _amax(xb)
+    if spec.format == "mxfp4":
+        be = (amax.view(torch.int32) >> 23) & 255
+        code = torch.clamp(be, min=2) - 2
+        code = torch.where(be == 255, torch.full_like(code, 255), code)
+        inv = ((254 - code) << 23).view(torch.float32)
+        inv = torch.where(code == 255, torch.full_like(inv, float("nan")), inv)
+        v = xb * inv[:, None]
+        a = v.abs()
+        q = torch.zeros_like(xb, dtype=torch.int32)
+        for thr, inclusive in _E2M1_UP:
+            q += (a >= thr if inclusive else a > thr).to(torch.int32)
+        q = torch.where(v < 0, q | 8, q)
+        return q.to(torch.uint8), code.to(torch.uint8)
+    s = amax / QMAX[spec.format]
+    tiny = s < _TINY
+    s = torch.where(tiny, torch.zeros_like(s), s)
+    inv = torch.where(tiny, torch.zeros_like(s), 1.0 / s)
+    v = xb * inv[:, None]
+    if spec.format == "fp8":
+        return torch.clamp(v, -448.0, 448.0).to(torch.float8_e4m3fn), s
+    v = torch.nan_to_num(v, nan=0.0)
+    return torch.clamp(torch.round(v), -128, 127).to(torch.int8), s
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, spec: CompressionSpec) -> torch.Tensor:
+    """fp32 ``[nblk * block]`` values of ``quantize``'s result (``q * scale`` in fp32)."""
+    if spec.format == "mxfp4":
+        mag = torch.tensor(_E2M1, dtype=torch.float32, device=codes.device)[(codes & 7).long()]
+        mag = torch.where((codes & 8) != 0, -mag, mag)
+        c = scales.to(torch.int32)
+        s = (c << 23).view(torch.float32)
+        s = torch.where(c == 0, torch.full_like(s, 2.0 ** -127), s)
+        return (mag * s[:, None]).reshape(-1)
+    return (codes.float() * scales[:, None]).reshape(-1)
+
+
+def roundtrip(x: torch.Tensor, spec: CompressionSpec) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in fp32, ``x``'s shape."""
+    return dequantize(*quantize(x, spec), spec).view(x.shape)
+
+
+def element_bound(x: torch.Tensor, spec: CompressionSpec) -> torch.Tensor:
+    """Per-element bound on ``|x - roundtrip(x)|`` (fp32 values ``x``, float64 result).
+
+    fp8: ``2^-4 |x| + 2^-10 * amax/448`` (3 mantissa bits; e4m3's subnormal step 2^-9 scaled);
+    int8: ``amax/254``; mxfp4: ``max(|x|/4, amax/16)`` (e2m1's spacing is at most half the value,
+    0.5 below 1, and the scale puts amax in [4, 8): saturation at 6 loses at most 2); each plus
+    ``2^-21 |x|`` for the fp32 rounding of the scale and of ``x * rcp(s)``.
+    """
+    xb = _blocks(x, spec.block).double()
+    amax = xb.abs().amax(dim=1, keepdim=True)
+    a = xb.abs()
+    if spec.format == "fp8":
+        b = 2.0 ** -4 * a + 2.0 ** -10 * amax / 448.0
+    elif spec.format == "int8":
+        b = amax / 254.0 + 0 * a
+    else:
+        b = torch.maximum(a / 4.0, amax / 16.0)
+    return (b + 2.0 ** -21 * a).reshape(x.shape)
+
+
+def _owner_blocks(nblk: int, world: int):
+    """Block ranges ``[nblk*r//W, nblk*(r+1)//W)`` per rank (compressed.ptx's segments)."""
+    return [range(nblk * r // world, nblk * (r + 1) // world) for r in range(world)]
+
+
+def compressed_all_reduce(inputs: list, spec: CompressionSpec) -> torch.Tensor:
+    """What every rank's ``all_reduce(x, compression=spec)`` returns, bit for bit.
+
+    Parameters
+    ----------
+    inputs : list of torch.Tensor
+        Every rank's input, the same shape and dtype (bf16/fp16/fp32).
+
+    Returns
+    -------
+    torch.Tensor
+        The input's shape and dtype.
+    """
+    world, x0 = len(inputs), inputs[0]
+    dtype, n = x0.dtype, x0.numel()
+    nblk = n // spec.block
+    if world == 1:
+        return x0.clone()
+    flat = [x.reshape(-1).float() for x in inputs]
+    rt = [roundtrip(f, spec).view(nblk, spec.block) for f in flat]
+    raw = [f.view(nblk, spec.block) for f in flat]
+    out = torch.empty(nblk, spec.block, dtype=torch.float32, device=x0.device)
+    for owner, blocks in enumerate(_owner_blocks(nblk, world)):
+        sl = slice(blocks.start, blocks.stop)
+        acc = torch.zeros(len(blocks), spec.block, dtype=torch.float32, device=x0.device)
+        for p in range(world):
+            acc = acc + (raw[p][sl] if p == owner else rt[p][sl])
+        if spec.gather == "compressed":
+            acc = roundtrip(acc, spec).view_as(acc)
+        out[sl] = acc
+    return out.to(dtype).view(x0.shape)
+
+
+_UNIT = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
+
+
+def all_reduce_bound(inputs: list, spec: CompressionSpec) -> float:
+    """Normwise relative bound on ``compressed_all_reduce(inputs, spec)`` against the float64 sum.
+
+    ``|err_i| <= sum_p e(x_p)_i + e(S~)_i + W 2^-24 sum_p |x_p,i| + u |S~_i|`` with ``e`` the
+    format's ``element_bound`` (every partial counted as quantized: the owner's is not, so this
+    is an over-estimate), ``S~`` the fp32 sum of the dequantized partials (the gather's input,
+    its bound counted only with ``gather="compressed"``) and ``u`` the dtype's unit roundoff;
+    returned as ``||bound||_2 / ||S||_2``.
+    """
+    world = len(inputs)
+    flat = [x.reshape(-1).double() for x in inputs]
+    exact = sum(flat)
+    b = sum(element_bound(x.reshape(-1).float(), spec) for x in inputs)
+    b = b + world * 2.0 ** -24 * sum(f.abs() for f in flat)
+    approx = sum(roundtrip(x.reshape(-1).float(), spec).double() for x in inputs)
+    if spec.gather == "compressed":
+        b = b + element_bound((approx.abs() + b).float(), spec) + 2.0 ** -21 * b
+    b = b + _UNIT[inputs[0].dtype] * (approx.abs() + b)
+    den = float(torch.linalg.vector_norm(exact))
+    return float(torch.linalg.vector_norm(b)) / den if den else float("inf")
