@@ -61,10 +61,11 @@ def quantize(x: torch.Tensor, spec: CompressionSpec):
             q += (a >= thr if inclusive else a > thr).to(torch.int32)
         q = torch.where(v < 0, q | 8, q)
         return q.to(torch.uint8), code.to(torch.uint8)
-    s = amax / QMAX[spec.format]
+    # a tensor divisor: torch turns "/ python scalar" into a multiply by its rounded reciprocal
+    s = amax / torch.full_like(amax, QMAX[spec.format])
     tiny = s < _TINY
     s = torch.where(tiny, torch.zeros_like(s), s)
-    inv = torch.where(tiny, torch.zeros_like(s), 1.0 / s)
+    inv = torch.where(tiny, torch.zeros_like(s), torch.reciprocal(s))
     v = xb * inv[:, None]
     if spec.format == "fp8":
         return torch.clamp(v, -448.0, 448.0).to(torch.float8_e4m3fn), s

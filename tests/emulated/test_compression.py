@@ -1,0 +1,145 @@
+"""Compressed all_reduce, reduce_scatter and all_gather (compression=, compressed.ptx) at world sizes
+2/4/8 on one GPU: every rank's bits equal the float-exact model (collectives/quantize.py), the error
+against the float64 sum is within the format's bound (the test fails above it), rank-identical
+bits, poisoned outputs, odd sizes, bf16/fp16/fp32, the NaN policy, back-to-back calls and graph
+replays (docs/compression.md)."""
+import pytest
+import torch
+
+from weave_nvshmem.collectives import quantize
+from weave_nvshmem.collectives.compression import CompressionSpec
+from weave_nvshmem.ptx.table import COMPRESSED_VARIANTS
+from weave_nvshmem.testing import DTYPES, poison, poisoned, rank_inputs, rel_err, same_bits
+from conftest import finish, fit
+
+SPECS = [CompressionSpec(f, b, g) for f, b in COMPRESSED_VARIANTS for g in ("compressed", "input")]
+
+
+def _sid(s):
+    return f"{s.format}-b{s.block}-{s.gather}"
+
+
+def check_all_reduce(emu, xs, spec, outs):
+    model = quantize.compressed_all_reduce(xs, spec)
+    bound = quantize.all_reduce_bound(xs, spec)
+    exact = sum(x.double() for x in xs)
+    err = rel_err(outs[0], exact)
+    assert err <= bound, f"{_sid(spec)}: normwise error {err:.4g} above the bound {bound:.4g}"
+    assert same_bits(outs), "ranks differ"
+    diff = int((outs[0].float() != model.float()).sum())
+    assert diff == 0, f"{_sid(spec)}: {diff} of {model.numel()} elements differ from the model"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("spec", SPECS, ids=_sid)
+@pytest.mark.parametrize("rows", [1, 3, 37, 1000])
+def test_all_reduce(emu, dtype, spec, rows):
+    """Odd block counts: fewer blocks than ranks (rows 1), segments of unequal length."""
+    dt, w = DTYPES[dtype], emu.world
+    shape = (rows, 2 * spec.block + 256)
+    xs = rank_inputs(rows + spec.block, w, shape, dt)
+    outs = [poisoned(shape, dt) for _ in range(w)]
+    emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], compression=spec, ctas=fit(emu, None)))
+    finish(emu)
+    check_all_reduce(emu, xs, spec, outs)
+
+
+@pytest.mark.parametrize("spec", [CompressionSpec("fp8"), CompressionSpec("int8", 64), CompressionSpec("mxfp4")],
+                         ids=_sid)
+def test_outlier_channels_and_ctas(emu, spec):
+    """LLM-like partials (a few channels 30-100x larger), every grid from 1 CTA up."""
+    w = emu.world
+    xs = rank_inputs(5, w, (257, 4096), torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    cols = torch.randint(0, 4096, (6,), generator=g, device="cuda")
+    for x in xs:
+        x[:, cols] *= torch.linspace(30, 100, 6, device="cuda").to(x.dtype)
+    for ctas in (1, 3, 16):
+        outs = [poisoned(xs[0].shape, torch.bfloat16) for _ in range(w)]
+        emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], compression=spec, ctas=fit(emu, ctas)))
+        finish(emu)
+        check_all_reduce(emu, xs, spec, outs)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("fmt, block", COMPRESSED_VARIANTS)
+def test_reduce_scatter_and_all_gather(emu, dtype, fmt, block):
+    dt, w = DTYPES[dtype], emu.world
+    spec = CompressionSpec(fmt, block)
+    rows = 5
+    xs = rank_inputs(block, w, (w * rows, block * 3), dt)
+    rs = [poisoned((rows, block * 3), dt) for _ in range(w)]
+    ag = [poisoned((w * rows, block * 3), dt) for _ in range(w)]
+    emu.run(lambda r, c: (c.reduce_scatter(xs[r], out=rs[r], compression=spec, ctas=fit(emu, None)),
+                          c.all_gather(xs[r][:rows], out=ag[r], compression=spec, ctas=fit(emu, None))))
+    finish(emu)
+    # reduce-scatter: the owner's fp32 sum rounded = the model's input gather, chunk by chunk
+    summed = quantize.compressed_all_reduce(xs, CompressionSpec(fmt, block, "input"))
+    exact = sum(x.double() for x in xs)
+    bound = quantize.all_reduce_bound(xs, CompressionSpec(fmt, block, "input"))
+    for r in range(w):
+        assert torch.equal(rs[r], summed[r * rows:(r + 1) * rows])
+    assert rel_err(torch.cat(rs), exact) <= bound
+    # all-gather: every rank (the owner too) holds the dequantized chunks
+    want = torch.cat([quantize.roundtrip(x[:rows], spec).to(dt) for x in xs])
+    for r in range(w):
+        assert torch.equal(ag[r], want)
+    chunks = torch.cat([x[:rows] for x in xs])
+    assert rel_err(ag[0], chunks) <= float(quantize.element_bound(chunks.float().reshape(-1), spec).norm()
+                                           / chunks.double().norm()) + 2 ** -7
+
+
+@pytest.mark.parametrize("fmt, block", COMPRESSED_VARIANTS)
+def test_a_nan_poisons_its_block_on_every_rank(emu, fmt, block):
+    w = emu.world
+    xs = rank_inputs(9, w, (4, 4 * block), torch.float32)
+    xs[w - 1][2, block + 1] = float("nan")
+    outs = [poisoned(xs[0].shape, torch.float32) for _ in range(w)]
+    emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], compression=CompressionSpec(fmt, block)))
+    finish(emu)
+    assert same_bits(outs)
+    nan = torch.isnan(outs[0]).view(-1, block)
+    assert nan[9].all() and int(nan.sum()) == block  # block 9 = row 2, second block
+
+
+def test_back_to_back_and_graph_replays(emu):
+    """Calls of every format back to back on one channel (the parity buffers alternate), captured
+    in one graph; 30 replays with fresh inputs give the eager bits."""
+    w, dt = emu.world, torch.bfloat16
+    specs = [CompressionSpec("fp8"), CompressionSpec("int8", 256, "input"), CompressionSpec("mxfp4")]
+    pool = [rank_inputs(700 + i, w, (96, 2048), dt) for i in range(3)]
+    ctas = fit(emu, 8)
+
+    def step(r, c, x, outs):
+        for spec, o in zip(specs, outs):
+            c.all_reduce(x, out=o, compression=spec, ctas=ctas)
+
+    expected = []
+    for k in range(3):
+        outs = [[torch.empty_like(pool[k][r]) for _ in specs] for r in range(w)]
+        emu.run(lambda r, c: step(r, c, pool[k][r], outs[r]))
+        expected.append(outs)
+    finish(emu)
+    for k in range(3):
+        for j, spec in enumerate(specs):
+            check_all_reduce(emu, pool[k], spec, [expected[k][r][j] for r in range(w)])
+    xb = [torch.empty_like(pool[0][r]) for r in range(w)]
+    ob = [[torch.empty_like(xb[r]) for _ in specs] for r in range(w)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
+        emu.run(lambda r, c: step(r, c, xb[r], ob[r]))
+    bad = torch.zeros((), dtype=torch.int64, device="cuda")
+    for i in range(30):
+        k = i % 3
+        for r in range(w):
+            xb[r].copy_(pool[k][r])
+            for o in ob[r]:
+                poison(o)
+        g.replay()
+        for r in range(w):
+            for o, e in zip(ob[r], expected[k][r]):
+                bad += (o.view(torch.int16) != e.view(torch.int16)).sum()
+    finish(emu)
+    assert bad.item() == 0
