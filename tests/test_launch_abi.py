@@ -72,9 +72,10 @@ def test_flag_enums_name_every_bit():
     assert [int(f) for f in table.AllReduceFlags] == [1, 2, 4]  # NONE is the empty flag
     assert [int(f) for f in table.FusedFlags] == [1, 2, 4]
     assert [int(f) for f in table.CompressedFlags] == [1, 2, 4]
+    assert [int(f) for f in table.CompressedFusedFlags] == [1, 2, 4]
     for spec in table.KERNELS:
         assert spec.flags is None or isinstance(spec.flags, (table.AllReduceFlags, table.FusedFlags,
-                                                             table.CompressedFlags))
+                                                             table.CompressedFlags, table.CompressedFusedFlags))
         assert spec.status in ("", table.MULTICAST_STATUS)
         assert (spec.transport == "multicast") == (spec.status == table.MULTICAST_STATUS)
 

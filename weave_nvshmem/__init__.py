@@ -152,7 +152,8 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None, compres
 
 
 def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
-                            algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None):
+                            algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None,
+                            compression=None):
     """All-reduce, residual add and RMSNorm in one kernel, on the current communicator.
 
     ``s = all_reduce(x) + residual; residual <- s; out = s * rsqrt(mean(s**2, -1) + eps) * weight``.
@@ -184,6 +185,9 @@ def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_
         Workspace to use (see ``all_reduce``).
     stream : torch.cuda.Stream, optional
         Default: torch's current stream.
+    compression : str, dict or CompressionSpec, optional
+        Blockwise low-bit compression of the traffic (H a multiple of the block;
+        docs/compression.md). None: uncompressed.
 
     Returns
     -------
@@ -198,7 +202,8 @@ def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_
     weave_nvshmem.collectives.ops.fused_allreduce_rmsnorm_functional : the form to torch.compile.
     """
     return _comm().fused_allreduce_rmsnorm(x, residual, weight, eps, residual_mode=residual_mode, algorithm=algorithm,
-                                           ctas=ctas, out=out, channel=channel, stream=stream)
+                                           ctas=ctas, out=out, channel=channel, stream=stream,
+                                           **_given(compression=compression))
 
 
 def barrier(*, channel: int = 0, timeout: float | None = None, stream=None) -> None:

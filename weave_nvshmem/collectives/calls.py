@@ -151,6 +151,9 @@ def _compression(op, compression, numel, world, algorithm="auto", chunk=None):
     if algorithm != "auto":
         raise ValueError(f"{op}: compression runs its own two-shot kernel; pass algorithm='auto' with it "
                          f"(got {algorithm!r})")
+    if op == "fused_allreduce_rmsnorm" and numel % spec.block:
+        raise ValueError(f"{op}: compression {spec.format} with block {spec.block} needs the hidden size to be a "
+                         f"multiple of {spec.block} (got {numel})")
     check_compression(op, spec, numel, world, chunk=chunk)
     return spec
 
@@ -199,7 +202,8 @@ def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, s
 
 
 def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
-                            algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None) -> Call:
+                            algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None,
+                            compression=None) -> Call:
     """``Communicator.fused_allreduce_rmsnorm``'s arguments, checked."""
     op = "fused_allreduce_rmsnorm"
     xt, back, dt, c = _input(comm, op, x, channel)
@@ -211,6 +215,7 @@ def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, res
         raise ValueError(f"{op}: hidden size must be a positive multiple of {ve} for {xt.dtype} (got {hidden})")
     if residual_mode not in ("replicated", "sharded"):
         raise ValueError(f"{op}: residual_mode must be 'replicated' or 'sharded' (got {residual_mode!r})")
+    q = _compression(op, compression, hidden, comm.world, algorithm)  # whole blocks per row
     wt, _ = to_torch(weight)
     if tuple(wt.shape) != (hidden,) or wt.dtype != xt.dtype or wt.device != xt.device:
         raise ValueError(f"{op}: weight must be [{hidden}] {xt.dtype} on {xt.device} "
@@ -231,7 +236,7 @@ def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, res
     wt = wt.contiguous()
     _check_fused_apart(op, xt, rt, wt, o)
     return Call(op, dt, xt, o, (rows, hidden), back, op_stream(stream, x), c, xt.numel(), algorithm, ctas,
-                residual=rt, weight=wt, eps=eps, sharded=residual_mode == "sharded")
+                residual=rt, weight=wt, eps=eps, sharded=residual_mode == "sharded", compression=q)
 
 
 def _check_fused_apart(op, x, residual, weight, out):

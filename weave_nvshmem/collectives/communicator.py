@@ -233,6 +233,9 @@ class Communicator:
             return planning.plan_put(call.nbytes, self.world)
         if call.numel == 0:
             return planning.Launch(op, "none", None, dt, self.world, 0, 0, reason="empty input: nothing to launch")
+        if call.compression is not None and op == "fused_allreduce_rmsnorm":
+            return planning.plan_compressed_fused(*call.x.shape, dt, self.world, call.compression, call.ctas,
+                                                  call.sharded, residual=call.residual is not None)
         if call.compression is not None:
             return planning.plan_compressed(op, call.numel, dt, self.world, call.compression, call.ctas)
         ch = self._channels[call.channel]
@@ -264,7 +267,8 @@ class Communicator:
         elif p.kernel is not None:
             spec = p.kernel
             need = planning.staging_bytes(call.nbytes) if call.compression is None else \
-                compression.staging_bytes(call.compression, call.numel, x.element_size(), self.world)
+                compression.staging_bytes(call.compression, call.numel, x.element_size(), self.world,
+                                          row=x.shape[1] if call.op == "fused_allreduce_rmsnorm" else None)
             if spec.channel and self._channels[call.channel].cap < need:
                 self.reserve(need, call.channel)  # grows collectively
             values = self._values(call, p, o, res)
@@ -388,7 +392,8 @@ class Communicator:
         return self._run(call, self._plan(call))
 
     def fused_allreduce_rmsnorm(self, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
-                                algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None):
+                                algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None,
+                                compression=None):
         """``s = all_reduce(x) + residual; residual <- s; out = s * rsqrt(mean(s^2) + eps) * weight``.
 
         Collective: same shapes/options on every rank.
@@ -415,6 +420,11 @@ class Communicator:
         ctas, out, channel, stream
             As in ``all_reduce``; ``out`` is ``[T, H]`` and must not overlap ``x``, ``residual``
             or ``weight`` (ValueError). Only ``x`` and ``weight``, both read-only, may share bytes.
+        compression : str, dict or compression.CompressionSpec, optional
+            As in ``all_reduce`` (H a multiple of the block; docs/compression.md): the partial rows
+            travel quantized, the owner sums, adds and normalises in fp32, the gather re-quantizes
+            (the residual rows, replicated; the out rows, sharded) or sends the input dtype. Every
+            rank ends with the same bits, but not the uncompressed kernels' bits.
 
         Returns
         -------
@@ -423,7 +433,8 @@ class Communicator:
             keeps, whatever the algorithm and CTA count.
         """
         call = self._validate("fused_allreduce_rmsnorm", x, residual, weight, eps, residual_mode=residual_mode,
-                              algorithm=algorithm, ctas=ctas, out=out, channel=channel, stream=stream)
+                              algorithm=algorithm, ctas=ctas, out=out, channel=channel, stream=stream,
+                              compression=compression)
         return self._run(call, self._plan(call))
 
 

@@ -124,11 +124,16 @@ def check(op: str, spec: CompressionSpec, numel: int, world: int, *, chunk: int 
                          "uncompressed, use compression=None)")
 
 
-def staging_bytes(spec: CompressionSpec, numel: int, element_size: int, world: int) -> int:
+def staging_bytes(spec: CompressionSpec, numel: int, element_size: int, world: int, *, row: int | None = None) -> int:
     """Bytes one staging slot (and the result buffer) must hold for a compressed op of ``numel``
     elements: a segment's ``ceil(nblk/W)`` blocks of values, rounded up to 16, then their scales
-    (compressed.ptx's slot layout), or the segment's sums in the input dtype (``gather="input"``)."""
-    jn = -(-(numel // spec.block) // world)
+    (compressed.ptx's slot layout), or the segment's sums in the input dtype (``gather="input"``).
+    ``row``: the fused op's hidden size (segments of ``ceil(rows/W)`` whole rows,
+    compressed_fused.ptx)."""
+    if row is None:
+        jn = -(-(numel // spec.block) // world)
+    else:
+        jn = -(-(numel // row) // world) * (row // spec.block)
     slot = (jn * spec.payload_bytes + 15) // 16 * 16 + jn * spec.scale_bytes
     if spec.gather == "input":
         slot = max(slot, jn * spec.block * element_size)

@@ -201,7 +201,7 @@ def _fused_shapes(op: str, x, residual, weight) -> int:
     return hidden
 
 
-def _fused_into(op, x, residual, weight, eps, residual_mode, algorithm, ctas):
+def _fused_into(op, x, residual, weight, eps, residual_mode, algorithm, ctas, compression=""):
     """Run the communicator's fused op with ``residual`` (contiguous) updated in place; returns out."""
     hidden = _fused_shapes(op, x, residual, weight)
     if not residual.is_contiguous():
@@ -209,14 +209,18 @@ def _fused_into(op, x, residual, weight, eps, residual_mode, algorithm, ctas):
                          f"(got strides {residual.stride()})")
     out, _ = current_communicator().fused_allreduce_rmsnorm(
         x.reshape(-1, hidden).contiguous(), residual.view(-1, hidden), weight.contiguous(), eps,
-        residual_mode=residual_mode, algorithm=algorithm, ctas=ctas or None)
+        residual_mode=residual_mode, algorithm=algorithm, ctas=ctas or None, **_compression(compression))
     return out.view(x.shape)
 
 
-def _fused_reference_into(op, x, residual, weight, eps, residual_mode):
+def _fused_reference_into(op, x, residual, weight, eps, residual_mode, compression=""):
     """CPU reference: the kernel's math (fp32 sums, the new residual rounded to the dtype before it
-    is normalised); ``residual`` is updated in place (only the owned rows when sharded)."""
+    is normalised); ``residual`` is updated in place (only the owned rows when sharded). With
+    ``compression``: quantize.compressed_fused over the ranks' inputs (gathered with
+    torch.distributed); at one rank nothing is compressed."""
     _fused_shapes(op, x, residual, weight)
+    if compression and _ranks()[1] > 1:
+        return _compressed_fused_reference(x, residual, weight, eps, residual_mode, compression)
     if residual_mode not in ("replicated", "sharded"):
         raise ValueError(f"weave_nvshmem::{op}: residual_mode must be 'replicated' or 'sharded' "
                          f"(got {residual_mode!r})")
@@ -238,52 +242,81 @@ def _fused_reference_into(op, x, residual, weight, eps, residual_mode):
     return out.to(x.dtype).view(x.shape)
 
 
+def _compressed_fused_reference(x, residual, weight, eps, residual_mode, compression):
+    import torch.distributed as dist
+
+    from .compression import CompressionSpec
+    from .quantize import compressed_fused
+
+    rank, world = _ranks()
+    hidden = x.shape[-1]
+    rows, res = x.reshape(-1, hidden).contiguous(), residual.view(-1, hidden)
+    parts = [torch.empty_like(rows) for _ in range(world)]
+    dist.all_gather(parts, rows)
+    if residual_mode == "sharded":  # each row's residual comes from the rank that owns it
+        own = owned_rows(rows.shape[0], rank, world)
+        full = torch.zeros_like(res)
+        full[own.start:own.stop] = res[own.start:own.stop]
+        dist.all_reduce(full)
+        mine = slice(own.start, own.stop)
+    else:
+        full, mine = res.clone(), slice(None)
+    out, s = compressed_fused(parts, full, weight, eps, CompressionSpec.parse(compression), residual_mode)
+    res[mine] = s[mine]
+    return out.view(x.shape)
+
+
 @torch.library.custom_op("weave_nvshmem::fused_allreduce_rmsnorm", mutates_args=("residual",))
 def fused_allreduce_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
                             residual_mode: str = "replicated", algorithm: str = "auto",
-                            ctas: int = 0) -> torch.Tensor:
+                            ctas: int = 0, compression: str = "") -> torch.Tensor:
     """``s = all_reduce(x) + residual; residual <- s``; returns ``rmsnorm(s) * weight``. Collective.
 
     ``x``, ``residual``: ``[..., H]``, same dtype (bf16/fp16/fp32); ``residual`` contiguous.
-    ``weight``: ``[H]``. The in-place form: compile the functional one instead.
+    ``weight``: ``[H]``. The in-place form: compile the functional one instead. ``compression``
+    as in ``all_reduce``.
     """
-    return _fused_into("fused_allreduce_rmsnorm", x, residual, weight, eps, residual_mode, algorithm, ctas)
+    return _fused_into("fused_allreduce_rmsnorm", x, residual, weight, eps, residual_mode, algorithm, ctas,
+                       compression)
 
 
 @fused_allreduce_rmsnorm.register_fake
-def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0):
+def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0, compression=""):
     _fused_shapes("fused_allreduce_rmsnorm", x, residual, weight)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @fused_allreduce_rmsnorm.register_kernel("cpu")
-def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0):
-    return _fused_reference_into("fused_allreduce_rmsnorm", x, residual, weight, eps, residual_mode)
+def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0, compression=""):
+    return _fused_reference_into("fused_allreduce_rmsnorm", x, residual, weight, eps, residual_mode, compression)
 
 
 @torch.library.custom_op("weave_nvshmem::fused_allreduce_rmsnorm_functional", mutates_args=())
 def fused_allreduce_rmsnorm_functional(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                                        eps: float = 1e-6, residual_mode: str = "replicated",
-                                       algorithm: str = "auto", ctas: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                                       algorithm: str = "auto", ctas: int = 0,
+                                       compression: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """``(rmsnorm(s) * weight, s)`` with ``s = all_reduce(x) + residual``; ``residual`` is not written.
 
     Shapes and dtypes as ``fused_allreduce_rmsnorm``; the new residual is a new contiguous tensor
     (with ``residual_mode="sharded"``, its rows this rank does not own are ``residual``'s).
     """
     new = residual.clone(memory_format=torch.contiguous_format)
-    out = _fused_into("fused_allreduce_rmsnorm_functional", x, new, weight, eps, residual_mode, algorithm, ctas)
+    out = _fused_into("fused_allreduce_rmsnorm_functional", x, new, weight, eps, residual_mode, algorithm, ctas,
+                      compression)
     return out, new
 
 
 @fused_allreduce_rmsnorm_functional.register_fake
-def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0):
+def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0, compression=""):
     _fused_shapes("fused_allreduce_rmsnorm_functional", x, residual, weight)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(residual, memory_format=torch.contiguous_format))
 
 
 @fused_allreduce_rmsnorm_functional.register_kernel("cpu")
-def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0):
+def _(x, residual, weight, eps=1e-6, residual_mode="replicated", algorithm="auto", ctas=0, compression=""):
     new = residual.clone(memory_format=torch.contiguous_format)
-    out = _fused_reference_into("fused_allreduce_rmsnorm_functional", x, new, weight, eps, residual_mode)
+    out = _fused_reference_into("fused_allreduce_rmsnorm_functional", x, new, weight, eps, residual_mode,
+                                compression)
     return out, new

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from ..ptx import table
 from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
-from ..ptx.table import AllReduceFlags, CompressedFlags, FusedFlags, KernelSpec
+from ..ptx.table import AllReduceFlags, CompressedFlags, CompressedFusedFlags, FusedFlags, KernelSpec
 from . import tuning
 
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
-           "plan_compressed",
+           "plan_compressed", "plan_compressed_fused",
            "fused_block", "row_group",
            "owned_rows", "staging_bytes", "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS",
            "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
@@ -30,7 +30,7 @@ PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 #: of "twoshot", chosen by the channel, not by name)
 #: ("twoshot_q", compressed.ptx, is chosen by ``compression=``, never by name)
 ALLREDUCE_ALGORITHMS = ("auto",) + tuple(a for a in table.algorithms("all_reduce") if a != "twoshot_q")
-FUSED_ALGORITHMS = ("auto",) + table.algorithms("fused_allreduce_rmsnorm")
+FUSED_ALGORITHMS = ("auto",) + tuple(a for a in table.algorithms("fused_allreduce_rmsnorm") if a != "twoshot_q")
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
 FUSED_TWOSHOT_CTAS = 64
@@ -289,6 +289,37 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
              "all_gather": CompressedFlags.ALL_GATHER}[op]
     if spec.gather == "input" and op == "all_reduce":
         flags |= CompressedFlags.GATHER_INPUT
+    base = _make(op, "twoshot_q", "p2p", dtype, world, ctas, flags, reason)
+    return dataclasses.replace(base, fmt=spec.format, qblock=spec.block)
+
+
+def plan_compressed_fused(rows: int, hidden: int, dtype: str, world: int, spec, ctas=None, sharded: bool = False,
+                          *, residual: bool = False) -> Launch:
+    """Plan a compressed ``fused_allreduce_rmsnorm`` of ``[rows, hidden]`` (``hidden`` a multiple of
+    ``spec.block``): compressed_fused.ptx's entry, one warp per row; at world 1 the local kernel
+    (``plan_fused``: nothing crosses a link).
+
+    Returns
+    -------
+    Launch
+        ``algorithm == "twoshot_q"``; the grid one CTA per 16 rows a rank owns, at most 32.
+    """
+    op = "fused_allreduce_rmsnorm"
+    ctas = _check_ctas(ctas, op)
+    if world == 1:
+        return plan_fused(rows, hidden, dtype, world, "auto", ctas, sharded, residual=residual)
+    _vec_elems(dtype, op)
+    own = -(-rows // world)
+    reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
+    if ctas is None:
+        ctas = max(1, min(32, -(-own // 16)))
+        reason += "; grid: one CTA per 16 rows a rank owns (a warp per row), at most 32"
+    else:
+        reason += "; ctas given"
+    flags = CompressedFusedFlags.NONE
+    for wanted, bit in ((sharded, CompressedFusedFlags.SHARDED), (residual, CompressedFusedFlags.RESIDUAL),
+                        (spec.gather == "input", CompressedFusedFlags.GATHER_INPUT)):
+        flags |= bit if wanted else CompressedFusedFlags.NONE
     base = _make(op, "twoshot_q", "p2p", dtype, world, ctas, flags, reason)
     return dataclasses.replace(base, fmt=spec.format, qblock=spec.block)
 

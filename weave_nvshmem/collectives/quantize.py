@@ -12,6 +12,7 @@ import torch
 from .compression import CompressionSpec
 
 __all__ = ["quantize", "dequantize", "roundtrip", "element_bound", "compressed_all_reduce", "all_reduce_bound",
+           "compressed_fused",
            "QMAX"]
 
 #: largest code magnitude: e4m3 448, int8 127, e2m1 6
@@ -171,3 +172,70 @@ def all_reduce_bound(inputs: list, spec: CompressionSpec) -> float:
     b = b + _UNIT[inputs[0].dtype] * (approx.abs() + b)
     den = float(torch.linalg.vector_norm(exact))
     return float(torch.linalg.vector_norm(b)) / den if den else float("inf")
+
+
+def _warp_rstd(s: torch.Tensor, block: int, eps: float) -> torch.Tensor:
+    """compressed_fused.ptx's rstd of each row of fp32 ``s`` [rows, H]: lane l's fp32 chain over
+    the row's blocks and its elements l*B/32.. in order, the warp's butterfly, 1/sqrt(ssq/H + eps)."""
+    rows, hidden = s.shape
+    epl = block // 32
+    v = s.view(rows, hidden // block, 32, epl)
+    ssq = torch.zeros(rows, 32, dtype=torch.float32, device=s.device)
+    for k in range(hidden // block):
+        for e in range(epl):
+            x = v[:, k, :, e]
+            ssq = _fma(x, x, ssq)
+    lane = torch.arange(32, device=s.device)
+    for m in (16, 8, 4, 2, 1):
+        ssq = ssq + ssq[:, lane ^ m]
+    tot = ssq[:, :1]
+    tot = tot / torch.full_like(tot, float(hidden))
+    tot = tot + torch.full_like(tot, eps, dtype=torch.float32)
+    return torch.reciprocal(torch.sqrt(tot))
+
+
+def _fma(a, b, c):
+    """fp32 ``a * b + c`` rounded once (fma.rn.f32), through float64 (exact product, one rounding
+    of the sum to fp64, then to fp32: equal to the single rounding except at double-rounding ties,
+    which need a product and addend of very different magnitudes)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def compressed_fused(inputs: list, residual, weight, eps: float, spec: CompressionSpec,
+                     residual_mode: str = "replicated"):
+    """What every rank's ``fused_allreduce_rmsnorm(..., compression=spec)`` gives: ``(out, s)``,
+    ``s`` the new residual (every row; with ``residual_mode="sharded"`` a rank keeps its own rows).
+
+    Parameters
+    ----------
+    inputs : list of torch.Tensor
+        Every rank's ``[rows, H]`` partials (bf16/fp16/fp32).
+    residual : torch.Tensor or None
+        ``[rows, H]``, the same on every rank.
+    weight : torch.Tensor
+        ``[H]``.
+    """
+    world, x0 = len(inputs), inputs[0]
+    rows, hidden = x0.shape
+    dt, b = x0.dtype, spec.block
+    out = torch.empty(rows, hidden, dtype=torch.float32, device=x0.device)
+    new = torch.empty(rows, hidden, dtype=torch.float32, device=x0.device)
+    rt = [roundtrip(x.float(), spec).view(rows, hidden) for x in inputs]
+    w = weight.float()
+    for owner in range(world):
+        lo, hi = rows * owner // world, rows * (owner + 1) // world
+        if lo == hi:
+            continue
+        acc = torch.zeros(hi - lo, hidden, dtype=torch.float32, device=x0.device)
+        for p in range(world):
+            acc = acc + (inputs[p][lo:hi].float() if p == owner else rt[p][lo:hi])
+        if residual is not None:
+            acc = acc + residual[lo:hi].float()
+        if residual_mode == "replicated" and spec.gather == "compressed":
+            acc = roundtrip(acc, spec).view_as(acc)
+        s = acc.to(dt).float()
+        o = (s * _warp_rstd(s, b, eps)) * w
+        if residual_mode == "sharded" and spec.gather == "compressed":
+            o = roundtrip(o, spec).view_as(o)
+        new[lo:hi], out[lo:hi] = s, o
+    return out.to(dt), new.to(dt)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AllReduceFlags", "FusedFlags", "CompressedFlags", "COMPRESSED_VARIANTS", "KernelSpec", "KERNELS", "MULTICAST_STATUS", "spec", "algorithms",
+__all__ = ["AllReduceFlags", "FusedFlags", "CompressedFlags", "CompressedFusedFlags", "COMPRESSED_VARIANTS", "KernelSpec", "KERNELS", "MULTICAST_STATUS", "spec", "algorithms",
            "files"]
 
 #: the status line of every multicast spec (and of multimem.ptx's header)
@@ -65,6 +65,19 @@ class CompressedFlags(enum.IntFlag):
     NONE = 0
     REDUCE_SCATTER = 1
     ALL_GATHER = 2
+    GATHER_INPUT = 4
+
+
+class CompressedFusedFlags(enum.IntFlag):
+    """``p_flags`` of compressed_fused.ptx (the compressed fused AllReduce + residual-add + RMSNorm).
+
+    ``SHARDED`` (1) and ``RESIDUAL`` (2) as in ``FusedFlags``; ``GATHER_INPUT`` (4): the gather
+    sends the rows in the input dtype instead of re-quantizing them.
+    """
+
+    NONE = 0
+    SHARDED = 1
+    RESIDUAL = 2
     GATHER_INPUT = 4
 
 
@@ -207,6 +220,10 @@ KERNELS: tuple = (
       for op, flags in (("all_reduce", CompressedFlags.GATHER_INPUT),
                         ("reduce_scatter", CompressedFlags.REDUCE_SCATTER),
                         ("all_gather", CompressedFlags.ALL_GATHER))),
+    KernelSpec("fused_allreduce_rmsnorm", "twoshot_q", "p2p", "compressed_fused.ptx",
+               "wn_fused_q_{fmt}_{dtype}_w{world}_b{qblock}", _FUSED,
+               CompressedFusedFlags.SHARDED | CompressedFusedFlags.RESIDUAL | CompressedFusedFlags.GATHER_INPUT, 512,
+               ("fmt", "qblock"), COMPRESSED_VARIANTS),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}
