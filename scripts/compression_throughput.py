@@ -1,4 +1,4 @@
-"""Time of the compressed all-reduce kernels against the uncompressed two-shot on one GPU, ranks
+"""Time of the compressed all-reduce and fused kernels against the uncompressed two-shot ones on one GPU, ranks
 emulated (EmulatedWorld(4)), hidden 8192 bf16, 1024 and 8192 tokens (docs/compression.md).
 
     python scripts/compression_throughput.py [--out DIR] [--world 4] [--tokens 1024 8192]
@@ -33,16 +33,22 @@ KERNELS = {"twoshot": None, "fp8/128": CompressionSpec("fp8"), "fp8/128/input": 
            "mxfp4/32": CompressionSpec("mxfp4")}
 
 
-def time_kernel(emu, spec, xs, outs, replays: int, ctas) -> float:
-    """Median microseconds of one graph replay of every rank's all_reduce."""
+def time_kernel(emu, op, spec, xs, outs, replays: int, ctas, res=None, weight=None) -> float:
+    """Median microseconds of one graph replay of every rank's ``op`` ("all_reduce" or "fused")."""
     kw = {"algorithm": "twoshot"} if spec is None else {"compression": spec}
-    emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], ctas=ctas, **kw))  # warm up (loads the module)
+    if op == "all_reduce":
+        def step(r, c):
+            c.all_reduce(xs[r], out=outs[r], ctas=ctas, **kw)
+    else:
+        def step(r, c):
+            c.fused_allreduce_rmsnorm(xs[r], res[r], weight, 1e-6, out=outs[r], ctas=ctas, **kw)
+    emu.run(step)  # warm up (loads the module)
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     g = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
-        emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], ctas=ctas, **kw))
+        emu.run(step)
     torch.cuda.synchronize()
     times = []
     for _ in range(replays):
@@ -85,14 +91,19 @@ def main(argv=None) -> int:
         for tokens in args.tokens:
             xs = [torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16) for _ in range(w)]
             outs = [torch.empty_like(x) for x in xs]
-            base = None
-            for name, spec in KERNELS.items():
-                us = time_kernel(emu, spec, xs, outs, args.replays, ctas)
-                base = us if spec is None else base
-                rows.append({"tokens": tokens, "kernel": name, "us": round(us, 2), "ratio_to_twoshot": round(us / base, 3),
-                             "bits_per_element": 16 if spec is None else spec.bits_per_element})
-                print(f"tokens {tokens:5d} {name:14s} {us:9.1f} us  x{us / base:.3f} of twoshot", flush=True)
-            del xs, outs
+            res = [torch.randn_like(x) for x in xs]
+            weight = torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)
+            for op in ("all_reduce", "fused"):
+                base = None
+                for name, spec in KERNELS.items():
+                    us = time_kernel(emu, op, spec, xs, outs, args.replays, ctas, res, weight)
+                    base = us if spec is None else base
+                    rows.append({"op": op, "tokens": tokens, "kernel": name, "us": round(us, 2),
+                                 "ratio_to_twoshot": round(us / base, 3),
+                                 "bits_per_element": 16 if spec is None else spec.bits_per_element})
+                    print(f"{op:10s} tokens {tokens:5d} {name:14s} {us:9.1f} us  x{us / base:.3f} of twoshot",
+                          flush=True)
+            del xs, outs, res
             torch.cuda.empty_cache()
     finally:
         emu.close()
@@ -103,9 +114,9 @@ def main(argv=None) -> int:
     (args.out / "compression-throughput.json").write_text(json.dumps(rep, indent=1))
     md = [f"# Compressed all-reduce time, EmulatedWorld({w}), hidden {HIDDEN} bf16, {ctas} CTAs per rank", "",
           rep["note"] + ". Median of CUDA-graph replays with fresh random inputs.", "",
-          "| tokens | kernel | bits/elem | us | x twoshot |", "|---|---|---|---|---|"]
-    md += [f"| {r['tokens']} | {r['kernel']} | {r['bits_per_element']} | {r['us']} | {r['ratio_to_twoshot']} |"
-           for r in rows]
+          "| op | tokens | kernel | bits/elem | us | x twoshot |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['op']} | {r['tokens']} | {r['kernel']} | {r['bits_per_element']} | {r['us']} | "
+           f"{r['ratio_to_twoshot']} |" for r in rows]
     (args.out / "compression-throughput.md").write_text("\n".join(md) + "\n")
     return 0
 

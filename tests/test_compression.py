@@ -245,3 +245,81 @@ def test_every_compressed_entry_is_rendered():
     for f, b in table.COMPRESSED_VARIANTS:
         assert f".entry wn_allreduce_q_{f}_bf16_w4_b{b}(" in text
     assert "cvt.rn.satfinite.e4m3x2.f32" in text and "cvt.rni.sat.s8.f32" in text
+
+
+# ---- the fused op ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("world", [2, 4, 8])
+@pytest.mark.parametrize("dt", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("spec", SPECS, ids=_sid)
+def test_compressed_fused_launches_name_their_entry(make_comm, world, dt, spec):
+    torch_dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dt]
+    comm, rec = make_comm(world)
+    hidden = 3 * spec.block
+    x = torch.zeros(5, hidden, dtype=torch_dt)
+    for mode, sharded in (("replicated", 0), ("sharded", 1)):
+        for residual in (torch.zeros(5, hidden, dtype=torch_dt), None):
+            for gather in compression.GATHERS:
+                q = CompressionSpec(spec.format, spec.block, gather)
+                p = comm.plan("fused_allreduce_rmsnorm", x, residual, torch.ones(hidden, dtype=torch_dt),
+                              residual_mode=mode, compression=q)
+                assert p.algorithm == "twoshot_q" and p.block == 512
+                comm.fused_allreduce_rmsnorm(x, residual, torch.ones(hidden, dtype=torch_dt), 1e-5,
+                                             residual_mode=mode, compression=q)
+                entry, args = check_launch(rec)
+                assert entry == f"wn_fused_q_{spec.format}_{dt}_w{world}_b{spec.block}"
+                flags = sharded | (2 if residual is not None else 0) | (4 if gather == "input" else 0)
+                assert int(args[7]) == flags and int(args[4]) == 5 and int(args[5]) == hidden
+
+
+def test_compressed_fused_errors_and_world_one(make_comm):
+    comm, rec = make_comm(2)
+    x = torch.zeros(4, 192, dtype=torch.bfloat16)
+    w = torch.ones(192, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="hidden size to be a multiple of 128"):
+        comm.fused_allreduce_rmsnorm(x, None, w, compression="fp8")
+    with pytest.raises(ValueError, match="algorithm='auto'"):
+        comm.fused_allreduce_rmsnorm(x, None, w, algorithm="twoshot", compression="fp8:64")
+    assert rec.launches == []
+    comm, rec = make_comm(1)
+    assert comm.plan("fused_allreduce_rmsnorm", x, None, w, compression="fp8:64").algorithm == "local"
+
+
+def test_fused_staging_holds_whole_rows():
+    spec = CompressionSpec("fp8", 64)
+    rows, hidden, world = 5, 640, 4  # ceil(5/4) = 2 rows of 10 blocks a slot
+    got = compression.staging_bytes(spec, rows * hidden, 2, world, row=hidden)
+    assert got >= 2 * 10 * 64 + 2 * 10 * 4
+    assert got > compression.staging_bytes(spec, rows * hidden, 2, world)  # flat blocks would not fit
+
+
+@pytest.mark.parametrize("mode", ["replicated", "sharded"])
+@pytest.mark.parametrize("spec", [CompressionSpec("fp8"), CompressionSpec("int8", 64, "input"),
+                                  CompressionSpec("mxfp4")], ids=_sid)
+def test_compressed_fused_model(mode, spec):
+    """The model's residual is the compressed sum (replicated: re-quantized with a compressed
+    gather), its out the normalised residual; both near float64."""
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(9, 512, generator=g).to(torch.bfloat16) for _ in range(4)]
+    res = torch.randn(9, 512, generator=g).to(torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(512, generator=g)).to(torch.bfloat16)
+    out, s = quantize.compressed_fused(xs, res, w, 1e-6, spec, mode)
+    exact = sum(x.double() for x in xs) + res.double()
+    s_spec = spec if mode == "replicated" else CompressionSpec(spec.format, spec.block, "input")
+    assert float((s.double() - exact).norm() / exact.norm()) <= quantize.all_reduce_bound(xs + [res], s_spec)
+    sf = s.float()
+    plain = (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float())
+    if mode == "sharded" and spec.gather == "compressed":
+        plain = quantize.roundtrip(plain, spec).view_as(plain)
+    assert float((out.float() - plain).norm() / plain.norm()) < 2 ** -7
+
+
+def test_cpu_reference_op_takes_compression():
+    import weave_nvshmem.collectives.ops  # noqa: F401  (registers torch.ops.weave_nvshmem)
+
+    x = torch.randn(4, 256)
+    got = torch.ops.weave_nvshmem.all_reduce(x, "auto", 0, "fp8")
+    assert torch.equal(got, x)  # one rank: nothing to compress
+    res = torch.zeros(4, 256)
+    out = torch.ops.weave_nvshmem.fused_allreduce_rmsnorm(x, res, torch.ones(256), 1e-6, "replicated", "auto", 0,
+                                                          "int8")
+    assert out.shape == x.shape and torch.equal(res, x)
