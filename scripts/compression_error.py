@@ -46,6 +46,7 @@ class Backend:
 
     def __init__(self, kind: str, world: int, max_bytes: int):
         self.kind, self.world_size = kind, world
+        self.ctas = min(32, 128 // world)  # every rank's grid resident at once (one 512-thread block an SM)
         self.device = "cuda" if kind == "emulated" else "cpu"
         self.emu = None
         if kind == "emulated":
@@ -66,7 +67,7 @@ class Backend:
             return [quantize.compressed_all_reduce(xs, spec)] * len(xs)
         outs = [torch.empty_like(x) for x in xs]
         kw = {"compression": spec} if spec is not None else {"algorithm": "twoshot"}
-        self.emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], **kw))
+        self.emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], ctas=self.ctas, **kw))
         torch.cuda.synchronize()
         self.emu.check()
         return outs
@@ -85,7 +86,8 @@ class Backend:
         res = [residual.clone() for _ in xs]
         outs = [torch.empty_like(x) for x in xs]
         kw = {"compression": spec} if spec is not None else {"algorithm": "twoshot"}
-        self.emu.run(lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res[r], weight, eps, out=outs[r], **kw))
+        self.emu.run(lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res[r], weight, eps, out=outs[r], ctas=self.ctas,
+                                                            **kw))
         torch.cuda.synchronize()
         self.emu.check()
         return outs[0], res[0]
