@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from examples import bench_layer, llama, tp_llama  # noqa: E402
 from weave_nvshmem.bench import baselines  # noqa: E402
 from weave_nvshmem.bench.suites import fused as fused_suite  # noqa: E402
+from weave_nvshmem.collectives.work import completed  # noqa: E402
 from weave_nvshmem.overlap import Candidate, LayerShape, SplitTuner, candidates  # noqa: E402
 
 
@@ -147,8 +148,9 @@ CFG = llama.LlamaConfig(hidden=64, intermediate=128, heads=4, kv_heads=2, layers
 class _Identity:
     """The fused op's contract at world 1, by the shared baseline (as the world-1 kernel computes)."""
 
-    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
-        return baselines.fused_add_rmsnorm(x, residual, weight, eps)
+    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated", async_op=False):
+        got = baselines.fused_add_rmsnorm(x, residual, weight, eps)
+        return completed(got) if async_op else got
 
 
 @pytest.mark.parametrize("mode", llama.MODES)
