@@ -126,9 +126,12 @@ class SideStreams:
         priority = min(torch.cuda.Stream.priority_range())  # numerically lowest = highest priority
         try:
             from cuda.core import Device, StreamOptions
+
+            dev = Device(self.device_id)
+            dev.set_current()  # the primary context, torch's too
+            own = dev.create_stream(options=StreamOptions(nonblocking=True, priority=priority))
         except ImportError:
             return torch.cuda.Stream(device=self.device_id, priority=priority)
-        own = Device(self.device_id).create_stream(options=StreamOptions(nonblocking=True, priority=priority))
         self._owned.append(own)
         return torch.cuda.ExternalStream(int(own.handle), device=torch.device("cuda", self.device_id))
 
