@@ -206,3 +206,19 @@ def test_no_mode_uses_an_unfused_chain():
         src = inspect.getsource(mod)
         assert "rsqrt" not in src and ".pow(2)" not in src and "F.rms_norm" not in src, mod.__name__
     assert not hasattr(tp_llama, "rms_norm") and not hasattr(llama, "rms_norm")
+
+
+def test_tune_tries_the_further_cta_budgets(tmp_path):
+    s = bench_layer.settings(_args("--tune-ctas", "16", "24"))
+    assert s["tune_ctas"] == [16, 24]
+    shape = LayerShape(8192, 28672, 64, 8, 4)
+    calls = []
+
+    def timed(mode, split, replays, ctas=None):
+        calls.append((mode, split, ctas))
+        return {"us": 500.0 if (split, ctas) == (1024, 16) else 900.0, "error": None}
+
+    chosen, tried = bench_layer._tune(s, SplitTuner("dev", path=tmp_path / "s.json"), shape, 132, 2048, timed)
+    assert chosen == Candidate("weave", 1024, 16)
+    assert ("nccl", 0, None) in calls and ("fused", 0, 24) in calls
+    assert {"mode": "weave", "split": 1024, "ctas": 16, "us": 500.0, "error": None} in tried

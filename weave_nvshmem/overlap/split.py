@@ -144,5 +144,7 @@ def variants(cands: list[Candidate], *, ctas=(), algorithms=()) -> list[Candidat
         options = [c]
         if c.mode != "plain":
             options += [Candidate(c.mode, c.split, n, a) for n in (ctas or [c.ctas]) for a in (algorithms or [c.algorithm])]
-        out += [o for o in options if o not in out]
+        for o in options:
+            if o not in out:
+                out.append(o)
     return out
