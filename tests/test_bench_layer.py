@@ -216,9 +216,9 @@ def test_tune_tries_the_further_cta_budgets(tmp_path):
 
     def timed(mode, split, replays, ctas=None):
         calls.append((mode, split, ctas))
-        return {"us": 500.0 if (split, ctas) == (1024, 16) else 900.0, "error": None}
+        return {"us": 500.0 if (split, ctas) == (1280, 16) else 900.0, "error": None}
 
     chosen, tried = bench_layer._tune(s, SplitTuner("dev", path=tmp_path / "s.json"), shape, 132, 2048, timed)
-    assert chosen == Candidate("weave", 1024, 16)
+    assert chosen == Candidate("weave", 1280, 16)
     assert ("nccl", 0, None) in calls and ("fused", 0, 24) in calls
-    assert {"mode": "weave", "split": 1024, "ctas": 16, "us": 500.0, "error": None} in tried
+    assert {"mode": "weave", "split": 1280, "ctas": 16, "us": 500.0, "error": None} in tried
