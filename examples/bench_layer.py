@@ -79,7 +79,8 @@ def settings(args) -> dict:
         "quick": quick, "dtype": "bfloat16", "config": dataclasses.asdict(cfg), "layers": cfg.layers,
         "tokens": list(args.tokens or (TOKENS_QUICK if quick else TOKENS_FULL)),
         "modes": [m for m in MODES if m in args.modes],
-        "comm_ctas": args.comm_ctas, "tune_ctas": list(getattr(args, "tune_ctas", None) or []), "residual_mode": args.residual, "shard_of": args.shard_of,
+        "comm_ctas": args.comm_ctas, "tune_ctas": list(getattr(args, "tune_ctas", None) or []),
+        "residual_mode": args.residual, "shard_of": args.shard_of,
         "warmup": 2, "replays": replays, "tune_replays": max(3, replays // 3),
         "budget_s": args.budget_s, "timeout_s": args.timeout_s,
         "graphs": "one CUDA graph per (mode, tokens) of graph_calls(tokens) whole forwards (4 up to 1024 tokens, "

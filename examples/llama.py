@@ -3,8 +3,8 @@
 Modes (same weights, same inputs):
   nccl    : NCCL all-reduce, then the shared fused add + RMSNorm (``weave_nvshmem.bench.baselines``)
   fused   : weave_nvshmem.fused_allreduce_rmsnorm, no split
-  weave   : the batch split in two (overlap planner), each half's fused collective on a side stream
-            beside the other half's GEMMs
+  weave   : the batch split in two (overlap planner), each half's fused collective async on the
+            communicator's side stream beside the other half's GEMMs (``weave_nvshmem.overlap.weave``)
   no_comm : the all-reduces removed (the shared fused add + RMSNorm only): the bound weave aims at
 
 The norms are moved into the collectives: after attention, all-reduce + residual add + post-attention
@@ -193,9 +193,10 @@ class TPModel:
     def steps(self, coll: Collective, *, async_op: bool) -> list:
         """The decoder as ``overlap.weave`` steps: per layer (attention, fused collective with the
         post-attention norm) and (MLP, fused collective with the next norm). A chunk's value is
-        ``(h, residual)`` (the first step's: the chunk's rows of ``h``); its residual also lives in ``chunk.state`` (a sharded residual stays
-        sharded per chunk: each chunk's rows are the tensor of its own calls). A chunk's queries
-        attend to the keys of the chunks before it (``chunk.shared``)."""
+        ``(h, residual)`` (the first step's: the chunk's rows of ``h``); its residual also lives in
+        ``chunk.state`` (a sharded residual stays sharded per chunk: each chunk's rows are the
+        tensor of its own calls). A chunk's queries attend to the keys of the chunks before it
+        (``chunk.shared``). ``async_op``: the collectives run on the communicator's side stream."""
 
         def collective(w):
             def run(y, chunk):

