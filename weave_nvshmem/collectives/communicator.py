@@ -121,7 +121,8 @@ class Communicator:
         for ch in self._channels:
             ch.free()
         self._channels = None
-        self._side_streams.close()
+        if getattr(self, "_side_streams", None) is not None:
+            self._side_streams.close()
         self._err.close()
 
     def __enter__(self):

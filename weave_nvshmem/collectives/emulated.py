@@ -36,6 +36,8 @@ class EmulatedWorld:
     ``ranks[r]`` is rank r's Communicator (its ops take the same arguments as on W GPUs);
     ``run(fn)`` calls ``fn(rank, comm)`` for every rank, each on its own stream; ``empty`` makes a
     symmetric tensor (the same arena offset on every rank: zero-copy inputs). Close it when done.
+    Async ops (``async_op=True``) work inside ``run``: each rank's Communicator has side streams
+    of its own (``collectives.work.SideStreams``), so its kernels never queue behind a peer's.
 
     Parameters
     ----------
