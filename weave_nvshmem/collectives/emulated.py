@@ -78,6 +78,11 @@ class EmulatedWorld:
         # kernel spins on rank 1's flags would stall until the wait times out.)
         self._kernels = KernelLibrary(self.device_id)
         self.ranks = [Communicator(options, fabric=_RankFabric(self, r)) for r in range(world)]
+        # every rank's side streams now, right after the rank streams: made together, they get
+        # hardware queues of their own (and none is created during a graph capture)
+        for comm in self.ranks:
+            for ch in range(comm.channels):
+                comm._side_streams.get(ch)
         self._channels.clear()
 
     # ---- arenas ----------------------------------------------------------------------------
