@@ -64,10 +64,11 @@ class Collective:
     (sharded needs the fused op, so only modes fused and weave take it); ``gemm_out``: a symmetric
     [max tokens, hidden] tensor (``weave_nvshmem.empty``, fused and weave modes) for the row-parallel
     GEMMs' outputs; ``norm``: the fused add + RMSNorm of every norm outside our fused op (default the
-    shared baseline ``weave_nvshmem.bench.baselines.fused_add_rmsnorm``)."""
+    shared baseline ``weave_nvshmem.bench.baselines.fused_add_rmsnorm``); ``algorithm``: the fused
+    op's (``"auto"``: the planner's)."""
 
     def __init__(self, mode: str, eps: float, comm=None, group=None, ctas=None, residual_mode: str = "replicated",
-                 gemm_out=None, norm=fused_add_rmsnorm):
+                 gemm_out=None, norm=fused_add_rmsnorm, algorithm: str = "auto"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
         if residual_mode not in RESIDUAL_MODES:
@@ -75,7 +76,7 @@ class Collective:
         if residual_mode == "sharded" and mode not in ("fused", "weave"):
             raise ValueError(f"residual_mode 'sharded' needs the fused collective (mode fused or weave, got {mode!r})")
         self.mode, self.eps, self.comm, self.group, self.ctas = mode, eps, comm, group, ctas
-        self.residual_mode, self.norm = residual_mode, norm
+        self.residual_mode, self.norm, self.algorithm = residual_mode, norm, algorithm
         self.gemm_out = gemm_out if mode in ("fused", "weave") else None
 
     def gemm_target(self, start: int, n: int):
@@ -90,6 +91,8 @@ class Collective:
         them, enqueued on the communicator's side stream. ``x`` may be overwritten."""
         if self.mode in ("fused", "weave"):
             kw = {"async_op": True} if async_op else {}
+            if self.algorithm != "auto":
+                kw["algorithm"] = self.algorithm
             return self.comm.fused_allreduce_rmsnorm(x, residual, w, self.eps, ctas=self.ctas,
                                                      residual_mode=self.residual_mode, **kw)
         if self.mode == "nccl":

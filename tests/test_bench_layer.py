@@ -222,3 +222,18 @@ def test_tune_tries_the_further_cta_budgets(tmp_path):
     assert chosen == Candidate("weave", 1280, 16)
     assert ("nccl", 0, None) in calls and ("fused", 0, 24) in calls
     assert {"mode": "weave", "split": 1280, "ctas": 16, "us": 500.0, "error": None} in tried
+
+
+def test_tune_tries_the_fused_op_algorithms(tmp_path):
+    s = bench_layer.settings(_args("--tune-algorithms", "twoshot"))
+    assert s["tune_algorithms"] == ["twoshot"]
+    shape = LayerShape(8192, 28672, 64, 8, 4)
+    calls = []
+
+    def timed(mode, split, replays, ctas=None, algorithm="auto"):
+        calls.append((mode, split, algorithm))
+        return {"us": 400.0 if (split, algorithm) == (768, "twoshot") else 900.0, "error": None}
+
+    chosen, tried = bench_layer._tune(s, SplitTuner("dev", path=tmp_path / "s.json"), shape, 132, 2048, timed)
+    assert chosen == Candidate("weave", 768, None, "twoshot")
+    assert ("nccl", 0, "auto") in calls and ("fused", 0, "twoshot") in calls and ("fused", 0, "auto") in calls
