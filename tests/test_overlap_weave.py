@@ -97,6 +97,33 @@ def test_completed_work_is_its_outputs():
     assert repr(w) == "Work(all_reduce, done)"
 
 
+def test_wait_orders_the_given_stream_on_the_event():
+    class FakeStream:
+        cuda_stream = 0x42
+
+        def __init__(self):
+            self.waited = []
+
+        def wait_event(self, ev):
+            self.waited.append(ev)
+
+    class FakeEvent:
+        def __init__(self):
+            self.done = False
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.done = True
+
+    ev, s, t = FakeEvent(), FakeStream(), torch.ones(2)
+    w = Work("all_gather", t, ev, stream=None)
+    assert repr(w) == "Work(all_gather, pending)" and not w.is_completed()
+    assert w.wait(s) is t and w.wait(s) is t and s.waited == [ev, ev]  # device-side waits only
+    assert w.synchronize() is t and w.is_completed()
+
+
 @pytest.mark.parametrize("op", ["all_reduce", "reduce_scatter", "all_gather", "fused_allreduce_rmsnorm"])
 def test_every_op_takes_async_op_and_after(op):
     params = inspect.signature(getattr(Communicator, op)).parameters
