@@ -31,7 +31,7 @@ from examples.llama import LLAMA3_70B, MODES, RESIDUAL_MODES, Collective, LlamaC
 from weave_nvshmem.bench import baselines, provenance, report
 from weave_nvshmem.bench.harness import Harness, InputSets, err_text, fmt_bytes, heap_bytes
 from weave_nvshmem.bench.suites.common import allocate, norm_timer, release, skip_all
-from weave_nvshmem.overlap import LayerShape, SplitTuner, candidates
+from weave_nvshmem.overlap import LayerShape, SplitTuner, candidates, variants
 
 SCHEMA = "weave_nvshmem.bench_layer/2"
 TOKENS_FULL = (1, 16, 128, 512, 1024, 2048, 4096, 8192, 16384)
@@ -60,6 +60,10 @@ def add_arguments(p) -> None:
                    help="time rank 0's shard of a TP=N model (default: the process world size); N other than the "
                         "world size only with modes nccl and no_comm (one GPU: rank 0's compute, no link)")
     p.add_argument("--comm-ctas", type=int, default=8, help="CTAs of weave's fused collectives")
+    p.add_argument("--tune-ctas", type=int, nargs="*", default=[],
+                   help="further CTA budgets of weave's collectives the tuner tries (overlap.variants)")
+    p.add_argument("--tune-algorithms", nargs="*", default=[], choices=("lamport", "oneshot", "twoshot"),
+                   help="fused-op algorithms the tuner tries besides the planner's (overlap.variants)")
     p.add_argument("--residual", choices=RESIDUAL_MODES, default="replicated",
                    help="residual mode of the fused and weave forwards")
     p.add_argument("--replays", type=int, default=0, help="timed replays per mode (0: 20, quick 10)")
@@ -77,7 +81,9 @@ def settings(args) -> dict:
         "quick": quick, "dtype": "bfloat16", "config": dataclasses.asdict(cfg), "layers": cfg.layers,
         "tokens": list(args.tokens or (TOKENS_QUICK if quick else TOKENS_FULL)),
         "modes": [m for m in MODES if m in args.modes],
-        "comm_ctas": args.comm_ctas, "residual_mode": args.residual, "shard_of": args.shard_of,
+        "comm_ctas": args.comm_ctas, "tune_ctas": list(getattr(args, "tune_ctas", None) or []),
+        "tune_algorithms": list(getattr(args, "tune_algorithms", None) or []),
+        "residual_mode": args.residual, "shard_of": args.shard_of,
         "warmup": 2, "replays": replays, "tune_replays": max(3, replays // 3),
         "budget_s": args.budget_s, "timeout_s": args.timeout_s,
         "graphs": "one CUDA graph per (mode, tokens) of graph_calls(tokens) whole forwards (4 up to 1024 tokens, "
@@ -107,15 +113,20 @@ def graph_calls(tokens: int) -> int:
 # ---------------------------------------------------------------------------------------------
 def _tune(s, tuner, shape, sms, tokens, timed):
     """TokenWeave's schedule at ``tokens``: (SplitTuner's pick, every candidate's timing record)."""
-    cands = candidates(shape, tokens, sms=sms, comm_ctas=s["comm_ctas"])
+    algorithms = s.get("tune_algorithms") or ()
+    cands = variants(candidates(shape, tokens, sms=sms, comm_ctas=s["comm_ctas"]), ctas=s.get("tune_ctas") or (),
+                     algorithms=("auto", *algorithms) if algorithms else ())
     tried = []
 
     def measure(c):
-        res = timed(CANDIDATE_MODE[c.mode], c.split, s["tune_replays"])
-        tried.append({"mode": c.mode, "split": c.split, "us": res.get("us"), "error": res.get("error")})
+        budget = ({} if c.ctas is None else {"ctas": c.ctas}) | ({} if c.algorithm == "auto" else
+                                                                  {"algorithm": c.algorithm})
+        res = timed(CANDIDATE_MODE[c.mode], c.split, s["tune_replays"], **budget)
+        tried.append({"mode": c.mode, "split": c.split, **budget, "us": res.get("us"), "error": res.get("error")})
         return res["us"] if res.get("us") and not res.get("error") else float("inf")
 
     key = tuner.key(tokens=tokens, layers=s["layers"], comm_ctas=s["comm_ctas"], residual=s["residual_mode"],
+                    tune_ctas=",".join(map(str, s.get("tune_ctas") or ())), tune_algorithms=",".join(algorithms),
                     **dataclasses.asdict(shape))
     return tuner.choose(key, cands, measure), tried
 
@@ -163,14 +174,17 @@ def bench_tokens(h, s, model, shape, sms, tuner, tokens) -> list:
         return skip_all(h, specs, err)
     norms = choose_norms(h, s, cfg.hidden, tokens, sets, model.layers[0]["post_norm"], cfg.eps)
 
-    def timed(mode, split, replays):
-        """Graph-timed forwards in ``mode`` (``split``: weave only); the harness's result dict."""
+    def timed(mode, split, replays, ctas=None, algorithm="auto"):
+        """Graph-timed forwards in ``mode`` (``split``: weave only; ``ctas``, ``algorithm``: the fused
+        collectives' budget, default ``comm_ctas``, and algorithm); the harness's result dict."""
         fused = mode in OURS
         if fused and h.comm is None:
             return {"error": h.comm_err or "communicator unavailable"}
         gemm_out = h.zc_flat[:tokens * cfg.hidden].view(tokens, cfg.hidden) if h.zc_flat is not None else None
-        coll = Collective(mode, cfg.eps, comm=h.comm, ctas=s["comm_ctas"] if mode == "weave" else None,
-                          residual_mode=s["residual_mode"] if fused else "replicated", gemm_out=gemm_out)
+        budget = ctas if ctas is not None else s["comm_ctas"] if mode == "weave" else None
+        coll = Collective(mode, cfg.eps, comm=h.comm, ctas=budget,
+                          residual_mode=s["residual_mode"] if fused else "replicated", gemm_out=gemm_out,
+                          algorithm=algorithm if fused else "auto")
         return h.measure(lambda i: model.forward(sets.xs[i], coll, split), sets.refresh, calls, calls,
                          s["warmup"], replays)
 
@@ -181,9 +195,9 @@ def bench_tokens(h, s, model, shape, sms, tuner, tokens) -> list:
             res = {"error": h.comm_err or "communicator unavailable"}
         elif row["mode"] == "weave":
             chosen, tried = _tune(s, tuner, shape, sms, tokens, timed)
-            row.update(schedule={"mode": chosen.mode, "split": chosen.split}, candidates=tried,
-                       comm_ctas=s["comm_ctas"])
-            res = timed(CANDIDATE_MODE[chosen.mode], chosen.split, s["replays"])
+            row.update(schedule={"mode": chosen.mode, "split": chosen.split, "algorithm": chosen.algorithm},
+                       candidates=tried, comm_ctas=s["comm_ctas"] if chosen.ctas is None else chosen.ctas)
+            res = timed(CANDIDATE_MODE[chosen.mode], chosen.split, s["replays"], chosen.ctas, chosen.algorithm)
         else:
             res = timed(row["mode"], 0, s["replays"])
         if row["mode"] == "nccl" and h.world == 1:

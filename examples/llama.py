@@ -3,8 +3,8 @@
 Modes (same weights, same inputs):
   nccl    : NCCL all-reduce, then the shared fused add + RMSNorm (``weave_nvshmem.bench.baselines``)
   fused   : weave_nvshmem.fused_allreduce_rmsnorm, no split
-  weave   : the batch split in two (overlap planner), each half's fused collective on a side stream
-            beside the other half's GEMMs
+  weave   : the batch split in two (overlap planner), each half's fused collective async on the
+            communicator's side stream beside the other half's GEMMs (``weave_nvshmem.overlap.weave``)
   no_comm : the all-reduces removed (the shared fused add + RMSNorm only): the bound weave aims at
 
 The norms are moved into the collectives: after attention, all-reduce + residual add + post-attention
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from weave_nvshmem.bench.baselines import fused_add_rmsnorm, nccl_all_reduce
-from weave_nvshmem.overlap.schedule import TwoStreams
+from weave_nvshmem.collectives.work import Work
+from weave_nvshmem.overlap import Step, weave
 
 MODES = ("nccl", "fused", "weave", "no_comm")
 RESIDUAL_MODES = ("replicated", "sharded")
@@ -63,10 +64,11 @@ class Collective:
     (sharded needs the fused op, so only modes fused and weave take it); ``gemm_out``: a symmetric
     [max tokens, hidden] tensor (``weave_nvshmem.empty``, fused and weave modes) for the row-parallel
     GEMMs' outputs; ``norm``: the fused add + RMSNorm of every norm outside our fused op (default the
-    shared baseline ``weave_nvshmem.bench.baselines.fused_add_rmsnorm``)."""
+    shared baseline ``weave_nvshmem.bench.baselines.fused_add_rmsnorm``); ``algorithm``: the fused
+    op's (``"auto"``: the planner's)."""
 
     def __init__(self, mode: str, eps: float, comm=None, group=None, ctas=None, residual_mode: str = "replicated",
-                 gemm_out=None, norm=fused_add_rmsnorm):
+                 gemm_out=None, norm=fused_add_rmsnorm, algorithm: str = "auto"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
         if residual_mode not in RESIDUAL_MODES:
@@ -74,7 +76,7 @@ class Collective:
         if residual_mode == "sharded" and mode not in ("fused", "weave"):
             raise ValueError(f"residual_mode 'sharded' needs the fused collective (mode fused or weave, got {mode!r})")
         self.mode, self.eps, self.comm, self.group, self.ctas = mode, eps, comm, group, ctas
-        self.residual_mode, self.norm = residual_mode, norm
+        self.residual_mode, self.norm, self.algorithm = residual_mode, norm, algorithm
         self.gemm_out = gemm_out if mode in ("fused", "weave") else None
 
     def gemm_target(self, start: int, n: int):
@@ -83,12 +85,16 @@ class Collective:
         None (a new tensor)."""
         return None if self.gemm_out is None else self.gemm_out[start:start + n]
 
-    def fused(self, x, residual, w):
+    def fused(self, x, residual, w, *, async_op: bool = False):
         """All-reduce ``x`` [T, hidden] (none in no_comm), add ``residual``, RMSNorm with ``w``:
-        ``(normed, new residual)``. ``x`` may be overwritten."""
+        ``(normed, new residual)``, or with ``async_op`` (our fused op only) a ``Work`` holding
+        them, enqueued on the communicator's side stream. ``x`` may be overwritten."""
         if self.mode in ("fused", "weave"):
+            kw = {"async_op": True} if async_op else {}
+            if self.algorithm != "auto":
+                kw["algorithm"] = self.algorithm
             return self.comm.fused_allreduce_rmsnorm(x, residual, w, self.eps, ctas=self.ctas,
-                                                     residual_mode=self.residual_mode)
+                                                     residual_mode=self.residual_mode, **kw)
         if self.mode == "nccl":
             x = nccl_all_reduce(x, self.group)
         return self.norm(x, residual, w, self.eps)
@@ -101,6 +107,11 @@ class Collective:
 def _row_parallel(x, w, out=None):
     """``x @ w.T`` (a row-parallel GEMM: its output is this rank's partial sum), into ``out`` if given."""
     return x @ w.t() if out is None else torch.matmul(x, w.t(), out=out)
+
+
+def _hidden(value):
+    """The normed hidden of a chunk's value: ``(h, residual)`` after a fused collective, else ``h``."""
+    return value[0] if isinstance(value, tuple) else value
 
 
 def _causal(lq: int, lk: int, device) -> dict:
@@ -182,53 +193,53 @@ class TPModel:
         return self.layers[li + 1]["in_norm"] if li + 1 < len(self.layers) else self.final_norm
 
     # ---- forward --------------------------------------------------------------------------
+    def steps(self, coll: Collective, *, async_op: bool) -> list:
+        """The decoder as ``overlap.weave`` steps: per layer (attention, fused collective with the
+        post-attention norm) and (MLP, fused collective with the next norm). A chunk's value is
+        ``(h, residual)`` (the first step's: the chunk's rows of ``h``); its residual also lives in
+        ``chunk.state`` (a sharded residual stays sharded per chunk: each chunk's rows are the
+        tensor of its own calls). A chunk's queries attend to the keys of the chunks before it
+        (``chunk.shared``). ``async_op``: the collectives run on the communicator's side stream."""
+
+        def collective(w):
+            def run(y, chunk):
+                got = coll.fused(y, chunk.state["residual"], w, async_op=async_op)
+                chunk.state["residual"] = (got.outputs if isinstance(got, Work) else got)[1]
+                return got
+            return run
+
+        def attention(li, layer):
+            def run(value, chunk):
+                q, k, v = self._qkv(layer, _hidden(value), chunk.start)
+                kv = chunk.shared.setdefault(("kv", li), [])
+                kv.append((k, v))
+                if len(kv) > 1:
+                    k, v = torch.cat([p[0] for p in kv]), torch.cat([p[1] for p in kv])
+                return self._attend(layer, q, k, v, coll.gemm_target(chunk.start, chunk.size))
+            return run
+
+        def mlp(layer):
+            return lambda value, chunk: self._mlp(layer, _hidden(value), coll.gemm_target(chunk.start, chunk.size))
+
+        out = []
+        for li, layer in enumerate(self.layers):
+            out += [Step(attention(li, layer), collective(layer["post_norm"])),
+                    Step(mlp(layer), collective(self._next_norm(li)))]
+        return out
+
     def forward(self, x, coll: Collective, split: int = 0):
         """``x``: [T, hidden] embedding output (replicated). Returns the final-normed hidden [T, hidden]
         (replicated in every mode and residual mode).
 
-        ``split`` (weave mode only): first subset = tokens [0, split); 0 or T means no split.
+        ``split`` (weave mode only): first subset = tokens [0, split); 0 or T means no split. Two
+        subsets A=[0,a), B=[a,T): each collective of one runs on the side stream beside the other's
+        GEMMs (``overlap.weave``).
         """
         T = x.shape[0]
         residual = x.clone()
         h = coll.first_norm(x, self.layers[0]["in_norm"])
-        if coll.mode != "weave" or not 0 < split < T:
-            out = coll.gemm_target(0, T)
-            for li, layer in enumerate(self.layers):
-                q, k, v = self._qkv(layer, h, 0)
-                h, residual = coll.fused(self._attend(layer, q, k, v, out), residual, layer["post_norm"])
-                h, residual = coll.fused(self._mlp(layer, h, out), residual, self._next_norm(li))
-            return h
-        return self._woven(h, residual, coll, split)
-
-    def _woven(self, h, residual, coll, a):
-        """Two subsets A=[0,a), B=[a,T): each collective of one runs on the side stream beside the
-        other's GEMMs. B's queries attend to A's keys too, so attention(B) follows qkv(A).
-        A sharded residual stays sharded per subset: rA and rB are the tensors of separate calls."""
-        st = TwoStreams(h.device)
-
-        def on_side(x, r, w):
-            """The fused collective of ``x`` on the side stream; (normed, residual, ready event)."""
-            st.side_waits_main(x)
-            with st.side():
-                hx, r = coll.fused(x, r, w)
-            return hx, r, st.record_side(hx)
-
-        hA, hB = h[:a], h[a:]
-        rA, rB = residual[:a], residual[a:]
-        outA, outB = coll.gemm_target(0, a), coll.gemm_target(a, h.shape[0] - a)  # disjoint rows
-        readyA = readyB = None  # events: this layer's inputs of A and B are ready
-        for li, layer in enumerate(self.layers):
-            st.main_waits(readyA)
-            qA, kA, vA = self._qkv(layer, hA, 0)
-            hA, rA, attnA = on_side(self._attend(layer, qA, kA, vA, outA), rA, layer["post_norm"])
-            st.main_waits(readyB)
-            qB, kB, vB = self._qkv(layer, hB, a)
-            oB = self._attend(layer, qB, torch.cat([kA, kB]), torch.cat([vA, vB]), outB)
-            hB, rB, attnB = on_side(oB, rB, layer["post_norm"])
-            st.main_waits(attnA)
-            hA, rA, readyA = on_side(self._mlp(layer, hA, outA), rA, self._next_norm(li))
-            st.main_waits(attnB)
-            hB, rB, readyB = on_side(self._mlp(layer, hB, outB), rB, self._next_norm(li))
-        st.main_waits(readyA)
-        st.main_waits(readyB)
-        return torch.cat([hA, hB])
+        woven = coll.mode == "weave" and 0 < split < T
+        parts = weave(self.steps(coll, async_op=woven), h, [split] if woven else [],
+                      state=lambda a, b: {"residual": residual[a:b]})
+        hs = [_hidden(p) for p in parts]
+        return hs[0] if len(hs) == 1 else torch.cat(hs)

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from examples import bench_layer, llama, tp_llama  # noqa: E402
 from weave_nvshmem.bench import baselines  # noqa: E402
 from weave_nvshmem.bench.suites import fused as fused_suite  # noqa: E402
+from weave_nvshmem.collectives.work import completed  # noqa: E402
 from weave_nvshmem.overlap import Candidate, LayerShape, SplitTuner, candidates  # noqa: E402
 
 
@@ -147,8 +148,9 @@ CFG = llama.LlamaConfig(hidden=64, intermediate=128, heads=4, kv_heads=2, layers
 class _Identity:
     """The fused op's contract at world 1, by the shared baseline (as the world-1 kernel computes)."""
 
-    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
-        return baselines.fused_add_rmsnorm(x, residual, weight, eps)
+    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated", async_op=False):
+        got = baselines.fused_add_rmsnorm(x, residual, weight, eps)
+        return completed(got) if async_op else got
 
 
 @pytest.mark.parametrize("mode", llama.MODES)
@@ -204,3 +206,34 @@ def test_no_mode_uses_an_unfused_chain():
         src = inspect.getsource(mod)
         assert "rsqrt" not in src and ".pow(2)" not in src and "F.rms_norm" not in src, mod.__name__
     assert not hasattr(tp_llama, "rms_norm") and not hasattr(llama, "rms_norm")
+
+
+def test_tune_tries_the_further_cta_budgets(tmp_path):
+    s = bench_layer.settings(_args("--tune-ctas", "16", "24"))
+    assert s["tune_ctas"] == [16, 24]
+    shape = LayerShape(8192, 28672, 64, 8, 4)
+    calls = []
+
+    def timed(mode, split, replays, ctas=None):
+        calls.append((mode, split, ctas))
+        return {"us": 500.0 if (split, ctas) == (1280, 16) else 900.0, "error": None}
+
+    chosen, tried = bench_layer._tune(s, SplitTuner("dev", path=tmp_path / "s.json"), shape, 132, 2048, timed)
+    assert chosen == Candidate("weave", 1280, 16)
+    assert ("nccl", 0, None) in calls and ("fused", 0, 24) in calls
+    assert {"mode": "weave", "split": 1280, "ctas": 16, "us": 500.0, "error": None} in tried
+
+
+def test_tune_tries_the_fused_op_algorithms(tmp_path):
+    s = bench_layer.settings(_args("--tune-algorithms", "twoshot"))
+    assert s["tune_algorithms"] == ["twoshot"]
+    shape = LayerShape(8192, 28672, 64, 8, 4)
+    calls = []
+
+    def timed(mode, split, replays, ctas=None, algorithm="auto"):
+        calls.append((mode, split, algorithm))
+        return {"us": 400.0 if (split, algorithm) == (768, "twoshot") else 900.0, "error": None}
+
+    chosen, tried = bench_layer._tune(s, SplitTuner("dev", path=tmp_path / "s.json"), shape, 132, 2048, timed)
+    assert chosen == Candidate("weave", 768, None, "twoshot")
+    assert ("nccl", 0, "auto") in calls and ("fused", 0, "twoshot") in calls and ("fused", 0, "auto") in calls

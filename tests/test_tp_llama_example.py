@@ -12,13 +12,15 @@ torch = pytest.importorskip("torch")
 from examples import llama, tp_llama  # noqa: E402
 from weave_nvshmem.bench.baselines import fused_add_rmsnorm  # noqa: E402
 from weave_nvshmem.collectives.plan import owned_rows  # noqa: E402
+from weave_nvshmem.collectives.work import completed  # noqa: E402
 
 
 class LocalComm:
     """world = 1: the all-reduce is the identity; the fused op is add + RMSNorm (the shared baseline)."""
 
-    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
-        return fused_add_rmsnorm(x, residual, weight, eps)
+    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated", async_op=False):
+        got = fused_add_rmsnorm(x, residual, weight, eps)
+        return completed(got, "fused_allreduce_rmsnorm") if async_op else got
 
 
 CFG = llama.LlamaConfig(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=2, head_dim=16)
@@ -108,7 +110,11 @@ class GlooComm:
     def __init__(self, rank, world):
         self.rank, self.world = rank, world
 
-    def fused_allreduce_rmsnorm(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
+    def fused_allreduce_rmsnorm(self, *args, async_op=False, **kwargs):
+        got = self._fused(*args, **kwargs)
+        return completed(got, "fused_allreduce_rmsnorm") if async_op else got
+
+    def _fused(self, x, residual, weight, eps, ctas=None, residual_mode="replicated"):
         import torch.distributed as dist
 
         s = x.clone()

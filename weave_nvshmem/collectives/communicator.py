@@ -24,6 +24,7 @@ from . import plan as planning
 from .calls import Call
 from .channel import Channel
 from .fabric import Fabric, NvshmemFabric
+from .work import SideStreams, overlappable
 
 __all__ = ["CommOptions", "Communicator", "default", "close_default", "launch_local", "OPS", "OP_IDS"]
 
@@ -95,6 +96,7 @@ class Communicator:
         self._err = HostMappedWords(4)
         self._channels = [self._fabric.new_channel(self.options.initial_bytes, i) for i in range(self.options.channels)]
         self._broken = None
+        self._side_streams = SideStreams(self.device_id)  # async ops: one high-priority stream per channel
         #: why the multimem kernels are not used (None when they are)
         self.multicast_reason = "not requested (CommOptions(multicast=True))"
         if self.options.multicast:
@@ -119,6 +121,8 @@ class Communicator:
         for ch in self._channels:
             ch.free()
         self._channels = None
+        if getattr(self, "_side_streams", None) is not None:
+            self._side_streams.close()
         self._err.close()
 
     def __enter__(self):
@@ -330,6 +334,7 @@ class Communicator:
         if call.nbytes:
             self._run(call, self._plan(call))
 
+    @overlappable
     def all_reduce(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
                    compression=None):
         """Sum ``x`` over all ranks. Collective: same shape/dtype/algorithm/ctas on every rank.
@@ -367,6 +372,7 @@ class Communicator:
                               stream=stream, compression=compression)
         return self._run(call, self._plan(call))
 
+    @overlappable
     def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
         """Sum over ranks, keep chunk ``rank`` of the flattened result. Collective.
 
@@ -379,6 +385,7 @@ class Communicator:
                               compression=compression)
         return self._run(call, self._plan(call))
 
+    @overlappable
     def all_gather(self, x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
         """Concatenate every rank's ``x`` along dim 0 in rank order. Collective.
 
@@ -391,6 +398,7 @@ class Communicator:
                               compression=compression)
         return self._run(call, self._plan(call))
 
+    @overlappable
     def fused_allreduce_rmsnorm(self, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
                                 algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None,
                                 compression=None):

@@ -36,6 +36,8 @@ class EmulatedWorld:
     ``ranks[r]`` is rank r's Communicator (its ops take the same arguments as on W GPUs);
     ``run(fn)`` calls ``fn(rank, comm)`` for every rank, each on its own stream; ``empty`` makes a
     symmetric tensor (the same arena offset on every rank: zero-copy inputs). Close it when done.
+    Async ops (``async_op=True``) work inside ``run``: each rank's Communicator has side streams
+    of its own (``collectives.work.SideStreams``), so its kernels never queue behind a peer's.
 
     Parameters
     ----------
@@ -76,6 +78,11 @@ class EmulatedWorld:
         # kernel spins on rank 1's flags would stall until the wait times out.)
         self._kernels = KernelLibrary(self.device_id)
         self.ranks = [Communicator(options, fabric=_RankFabric(self, r)) for r in range(world)]
+        # every rank's side streams now, right after the rank streams: made together, they get
+        # hardware queues of their own (and none is created during a graph capture)
+        for comm in self.ranks:
+            for ch in range(comm.channels):
+                comm._side_streams.get(ch)
         self._channels.clear()
 
     # ---- arenas ----------------------------------------------------------------------------

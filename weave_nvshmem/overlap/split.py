@@ -61,10 +61,21 @@ class Candidate:
 
     mode: str
     split: int = 0
+    #: the fused collective's CTA budget (None: the planner's) and algorithm ("auto": the planner's)
+    ctas: int | None = None
+    algorithm: str = "auto"
 
     def __post_init__(self):
         if self.mode not in ("plain", "fused", "weave"):
             raise ValueError(f"Candidate: mode must be plain, fused or weave (got {self.mode!r})")
+        if self.ctas is not None and not (isinstance(self.ctas, int) and 1 <= self.ctas <= 128):
+            raise ValueError(f"Candidate: ctas must be None or an int in 1..128 (got {self.ctas!r})")
+
+    @property
+    def label(self) -> str:
+        """``mode:split`` plus ``:ctas=N`` / ``:algorithm`` where they are not the defaults."""
+        return ":".join([self.mode, str(self.split)] + ([f"ctas={self.ctas}"] if self.ctas is not None else [])
+                        + ([self.algorithm] if self.algorithm != "auto" else []))
 
 
 def gemm_waves(m: int, n: int, sms: int, tile_m: int = 128, tile_n: int = 256) -> int:
@@ -122,3 +133,19 @@ def candidates(shape: LayerShape, tokens: int, *, sms: int, comm_ctas: int, comm
                                                       comm_ctas=comm_ctas, comm=comm, unit_us=unit_us),
                                            abs(2 * s - tokens), s))
     return base + [Candidate("weave", s) for s in scored[:keep]]
+
+
+def variants(cands: list[Candidate], *, ctas=(), algorithms=()) -> list[Candidate]:
+    """``cands`` with every "fused"/"weave" candidate also tried at each CTA budget in ``ctas`` and
+    each collective algorithm in ``algorithms`` (the tuner's transport/budget axes), order kept,
+    no duplicates. "plain" (NCCL) has neither knob."""
+    out: list[Candidate] = []
+    for c in cands:
+        options = [c]
+        if c.mode != "plain":
+            options += [Candidate(c.mode, c.split, n, a)
+                        for n in (ctas or [c.ctas]) for a in (algorithms or [c.algorithm])]
+        for o in options:
+            if o not in out:
+                out.append(o)
+    return out

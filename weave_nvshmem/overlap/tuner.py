@@ -1,6 +1,7 @@
 """Measured refinement of the split plan, cached per device and shape, the same on every rank.
 
-The planner's candidates are few (fused, plain, a handful of splits); ``SplitTuner.choose`` times
+The planner's candidates are few (fused, plain, a handful of splits, each optionally at a few CTA
+budgets and collective algorithms: ``split.variants``); ``SplitTuner.choose`` times
 each with a caller-supplied ``measure`` (a CUDA-graph replay of the layer, say), keeps rank 0's
 choice (broadcast, so every rank runs the same schedule) and remembers it in a JSON file.
 """
@@ -33,7 +34,7 @@ class SplitTuner:
 
     def cached(self, key: str) -> Candidate | None:
         hit = self._cache.get(key)
-        return Candidate(hit["mode"], hit["split"]) if hit else None
+        return Candidate(hit["mode"], hit["split"], hit.get("ctas"), hit.get("algorithm", "auto")) if hit else None
 
     def choose(self, key: str, cands: list[Candidate], measure) -> Candidate:
         """The fastest of ``cands`` by ``measure(candidate) -> us`` (rank 0's verdict), cached."""
@@ -44,10 +45,9 @@ class SplitTuner:
             return hit
         times = {c: float(measure(c)) for c in cands}
         best = min(cands, key=lambda c: (times[c], cands.index(c)))
-        mode, split = self.broadcast((best.mode, best.split))
-        chosen = Candidate(mode, split)
-        self._cache[key] = {"mode": chosen.mode, "split": chosen.split,
-                            "measured_us": {f"{c.mode}:{c.split}": times[c] for c in cands}}
+        chosen = Candidate(*self.broadcast((best.mode, best.split, best.ctas, best.algorithm)))
+        self._cache[key] = {"mode": chosen.mode, "split": chosen.split, "ctas": chosen.ctas,
+                            "algorithm": chosen.algorithm, "measured_us": {c.label: times[c] for c in cands}}
         if self.rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
