@@ -69,7 +69,7 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
     return _comm().all_reduce(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream)
 
 
-def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
+def reduce_scatter(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
     """Sum ``x`` over all ranks and keep this rank's chunk of dim 0, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -81,6 +81,9 @@ def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
         ``n`` rows a multiple of 16 bytes.
     out : torch.Tensor or cupy.ndarray, optional
         ``[n, ...]``, the dtype of ``x``. A new tensor when None.
+    algorithm : str
+        ``"auto"`` (today: ``"twoshot"``), ``"twoshot"`` or ``"pull"`` (few CTAs, TMA bulk loads
+        from the peers; ``plan.SCATTER_GATHER_ALGORITHMS``).
     ctas : int, optional
         Thread blocks to launch; the planner's choice when None.
     channel : int
@@ -97,10 +100,10 @@ def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None):
     --------
     Communicator.reduce_scatter
     """
-    return _comm().reduce_scatter(x, out=out, ctas=ctas, channel=channel, stream=stream)
+    return _comm().reduce_scatter(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream)
 
 
-def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
+def all_gather(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None):
     """Concatenate every rank's ``x`` along dim 0 in rank order, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -111,6 +114,9 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
         ``[n, ...]``, ``bfloat16``/``float16``/``float32``, contiguous, a multiple of 16 bytes.
     out : torch.Tensor or cupy.ndarray, optional
         ``[world * n, ...]``, the dtype of ``x``. A new tensor when None.
+    algorithm : str
+        ``"auto"`` (today: ``"twoshot"``), ``"twoshot"`` or ``"pull"`` (few CTAs, TMA bulk loads
+        from the peers; ``plan.SCATTER_GATHER_ALGORITHMS``).
     ctas : int, optional
         Thread blocks to launch; the planner's choice when None.
     channel : int
@@ -127,7 +133,7 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None):
     --------
     Communicator.all_gather
     """
-    return _comm().all_gather(x, out=out, ctas=ctas, channel=channel, stream=stream)
+    return _comm().all_gather(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream)
 
 
 def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",

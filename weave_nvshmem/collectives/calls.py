@@ -151,7 +151,8 @@ def all_reduce(comm, x, *, out=None, algorithm: str = "auto", ctas=None, channel
     return Call(op, dt, xt, o, tuple(xt.shape), back, op_stream(stream, x), c, xt.numel(), algorithm, ctas)
 
 
-def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, stream=None) -> Call:
+def scatter_gather(comm, op: str, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0,
+                   stream=None) -> Call:
     """``reduce_scatter``'s or ``all_gather``'s (``op``) arguments, checked."""
     xt, back, dt, c = _input(comm, op, x, channel)
     world = comm.world
@@ -174,7 +175,7 @@ def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, s
     # device copy, none when out is x
     if o is not None and not (world == 1 and o.data_ptr() == xt.data_ptr()):
         check_apart(op, "out", span(o), "x", span(xt), "pass a separate out")
-    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, ctas=ctas)
+    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, algorithm, ctas)
 
 
 def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
