@@ -49,7 +49,7 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
     algorithm : str
         ``"auto"`` (by size, or from the device's tuning table) or a name in
         ``weave_nvshmem.collectives.plan.ALLREDUCE_ALGORITHMS`` (``"lamport"``, ``"oneshot"``,
-        ``"twoshot"``).
+        ``"twoshot"``, ``"pull"``: few CTAs, TMA bulk loads from the peers, docs/transport.md).
     ctas : int, optional
         Thread blocks to launch; the planner's choice when None.
     channel : int
