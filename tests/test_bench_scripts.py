@@ -33,3 +33,29 @@ def test_sm_probe_table():
             for k in ("read", "copy") for u in probe.UNROLLS for b in probe.BLOCKS]
     md = probe.markdown({"device": "NVIDIA H200", "commit": "a6f9bec", "rows": rows})
     assert "commit a6f9bec" in md and "| copy | 16 | 128 | 17.0 |" in md
+
+
+def test_transport_footprint_traffic_and_table():
+    fp = _load("transport_footprint")
+    n, w = 8192 * 8192 * 2, 4
+    zc = fp.traffic("all_reduce", "pull", True, n, w)
+    assert zc == {"read": n + 3 * n / 4, "written": 2 * n / 4 + 3 * n / 4, "remote_write": 0.0}
+    staged = fp.traffic("all_reduce", "pull", False, n, w)
+    assert staged["written"] == 2 * n and staged["remote_write"] == 0.0  # the copy into our own staging
+    assert fp.traffic("all_reduce", "twoshot", False, n, w)["remote_write"] == 3 * n / 4  # pushed to peers
+    row = {"op": "all_reduce", "algorithm": "pull", "zero_copy": True, "tokens": 8192, "ctas": 8, "us": 500.0,
+           "cta_us": 4000.0, "read_per_sm_MB": 19.9, "written_per_sm_MB": 4.8, "remote_written_per_sm_MB": 0.0}
+    doc = {"device": "NVIDIA H200", "git_commit": "abc", "world": 4, "dtype": "bfloat16", "hidden": 8192,
+           "rates_GB_s": fp.RATES_GB_S, "rows": [row], "traffic_formula": fp.traffic.__doc__}
+    md = fp.markdown(doc)
+    assert report.EMULATED_NOTE in md and "not NVLink" in md
+    assert "| all_reduce | pull | yes | 8192 | 8 | 500.0 | 4000 | 19.90 | 4.80 | 0.00 | 200 |" in md
+
+
+def test_interference_proxy_reports_ratios_only():
+    ip = _load("interference_proxy")
+    doc = {"device": "NVIDIA H200", "git_commit": "abc", "world": 4, "gemm": [4096, 8192, 14336],
+           "all_reduce_shape": [4096, 8192], "dtype": "bfloat16",
+           "rows": [{"algorithm": "pull", "ctas": 4, "slowdown": 1.041, "gemm_ms_alone": 1.2, "gemm_ms_beside": 1.25}]}
+    md = ip.markdown(doc)
+    assert "| pull | 4 | 1.041x |" in md and report.EMULATED_NOTE in md and " ms" not in md

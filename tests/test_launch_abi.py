@@ -65,7 +65,9 @@ def test_table_matches_the_ptx_entry(v):
         assert lo == hi == 32 * int(variant["shape"][1:])
     else:  # the row block: 32..512 threads
         assert (lo, hi) == (32, 512)
-    assert spec.smem == 0 and (spec.flags is None) == ("p_flags" not in dict(got))
+    # only pull.ptx uses dynamic shared memory (opted in by the loader above 48 KB)
+    assert spec.smem == (table.PULL_SMEM if spec.algorithm == "pull" else 0)
+    assert (spec.flags is None) == ("p_flags" not in dict(got))
 
 
 def test_flag_enums_name_every_bit():
@@ -136,7 +138,7 @@ def make_comm(monkeypatch):
 def check_launch(rec):
     assert len(rec.launches) == 1
     grid, block, (spec, dtype, world, entry), args, shmem = rec.launches[0]
-    assert shmem == 0
+    assert shmem == spec.smem == (table.PULL_SMEM if spec.algorithm == "pull" else 0)
     types, (lo, hi) = entry_signature(*spec.render_args(dtype, world), entry)
     got = [NP_TO_PTX.get(type(a), type(a).__name__) for a in args]
     assert got == types, f"{entry}: host passes {got}, kernel declares {types}"
@@ -151,7 +153,7 @@ WORLDS = (1, 2, 4, 8)
 
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("dt", list(TORCH_DTYPES))
-@pytest.mark.parametrize("algorithm", ["auto", "oneshot", "twoshot"])
+@pytest.mark.parametrize("algorithm", ["auto", "oneshot", "twoshot", "pull"])
 def test_all_reduce_launch(make_comm, world, dt, algorithm):
     comm, rec = make_comm(world, rank=world - 1)
     for n in (1, 13, 4096):
@@ -161,7 +163,8 @@ def test_all_reduce_launch(make_comm, world, dt, algorithm):
             assert rec.launches == [] and comm.plan("all_reduce", x).algorithm == "copy"
             continue
         entry, args = check_launch(rec)
-        assert entry.startswith("wn_allreduce_") and entry.endswith(f"_{dt}_w{world}")
+        assert entry.startswith("wn_pull_" if algorithm == "pull" else "wn_allreduce_")
+        assert entry.endswith(f"_{dt}_w{world}")
         assert int(args[0]) == out.data_ptr() and int(args[2]) == n and int(args[3]) == 0
         assert int(args[6]) == world - 1  # rank
         assert int(args[7]) == 1_500_000_000  # timeout in ns
@@ -169,12 +172,13 @@ def test_all_reduce_launch(make_comm, world, dt, algorithm):
 
 @pytest.mark.parametrize("world", [2, 4, 8])
 @pytest.mark.parametrize("op,flag", [("reduce_scatter", 1), ("all_gather", 2)])
-def test_scatter_gather_launch(make_comm, world, op, flag):
+@pytest.mark.parametrize("algorithm", ["auto", "twoshot", "pull"])
+def test_scatter_gather_launch(make_comm, world, op, flag, algorithm):
     comm, rec = make_comm(world)
     x = torch.zeros(world * 4, 8, dtype=torch.float16)
-    out = getattr(comm, op)(x)
+    out = getattr(comm, op)(x, algorithm=algorithm)
     entry, args = check_launch(rec)
-    assert entry == f"wn_allreduce_twoshot_f16_w{world}"
+    assert entry == (f"wn_pull_f16_w{world}" if algorithm == "pull" else f"wn_allreduce_twoshot_f16_w{world}")
     assert int(args[3]) == flag
     assert int(args[2]) == (x.numel() if op == "reduce_scatter" else x.numel() * world)
     assert tuple(out.shape) == ((4, 8) if op == "reduce_scatter" else (world * world * 4, 8))

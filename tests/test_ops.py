@@ -150,14 +150,14 @@ def test_module_level_ops_pass_every_argument_on():
     with wn.use_communicator(rec):
         assert wn.all_reduce("x", out="o", algorithm="oneshot", ctas=3, channel=1, stream="s") == "all_reduce"
         wn.reduce_scatter("x", out="o", ctas=2, channel=1, stream="s")
-        wn.all_gather("x", ctas=4)
+        wn.all_gather("x", algorithm="pull", ctas=4)
         wn.fused_allreduce_rmsnorm("x", "r", "w", 1e-5, residual_mode="sharded", algorithm="twoshot", ctas=8,
                                    out="o", channel=1, stream="s")
         wn.barrier(channel=1, timeout=2.0)
     assert rec.calls == [
         ("all_reduce", ("x",), dict(out="o", algorithm="oneshot", ctas=3, channel=1, stream="s")),
-        ("reduce_scatter", ("x",), dict(out="o", ctas=2, channel=1, stream="s")),
-        ("all_gather", ("x",), dict(out=None, ctas=4, channel=0, stream=None)),
+        ("reduce_scatter", ("x",), dict(out="o", algorithm="auto", ctas=2, channel=1, stream="s")),
+        ("all_gather", ("x",), dict(out=None, algorithm="pull", ctas=4, channel=0, stream=None)),
         ("fused_allreduce_rmsnorm", ("x", "r", "w", 1e-5),
          dict(residual_mode="sharded", algorithm="twoshot", ctas=8, out="o", channel=1, stream="s")),
         ("barrier", (), dict(channel=1, timeout=2.0, stream=None)),

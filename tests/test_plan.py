@@ -7,6 +7,7 @@ import pytest
 
 from weave_nvshmem.collectives import plan, tuning
 from weave_nvshmem.collectives.plan import Launch, fused_block, owned_rows, plan_all_reduce, plan_fused
+from weave_nvshmem.ptx import table
 from weave_nvshmem.ptx.catalog import MAX_CTAS, MAX_WORLD, VEC_ELEMS
 
 DTYPES = tuple(VEC_ELEMS)
@@ -44,14 +45,14 @@ def test_plan_all_reduce_valid_and_deterministic(dtype, world, algorithm):
         if world == 1 and algorithm == "auto":  # one rank: a device copy, no kernel
             assert p.algorithm == "copy" and p.kernel is None and p.entry is None
             continue
-        assert p.algorithm in ("lamport", "oneshot", "twoshot")
+        assert p.algorithm in ("lamport", "oneshot", "twoshot", "pull")
         if algorithm != "auto":
             assert p.algorithm == algorithm
         assert p.kernel is plan.table.spec("all_reduce", p.algorithm) and p.entry.endswith(f"_{dtype}_w{world}")
         assert 1 <= p.grid <= MAX_CTAS and isinstance(p.grid, int)
         assert 32 <= p.block <= 1024 and p.block % 32 == 0
         assert p.vpt == 1
-        assert p.smem == 0  # no kernel uses dynamic shared memory
+        assert p.smem == (plan.table.PULL_SMEM if p.algorithm == "pull" else 0)  # only pull.ptx uses smem
 
 
 def test_plan_all_reduce_zero_elements_still_launchable():
@@ -372,3 +373,64 @@ def test_tuning_merge_and_install(tmp_path, monkeypatch):
     assert tuning.install(rows, 4) == path and json.loads(path.read_text()) == table
     assert _agb(plan_all_reduce(1, "f32", 4)) == ("oneshot", 4, 512)
     tuning.clear_cache()
+
+
+# ---- the pull transport (pull.ptx) ----------------------------------------------------------------
+@pytest.mark.parametrize("op", ["all_reduce", "reduce_scatter", "all_gather"])
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_pull_is_selectable_by_name_on_few_ctas(op, world):
+    total = 8192 * 8192
+    for zero_copy in (False, True):
+        if op == "all_reduce":
+            p = plan_all_reduce(total, "bf16", world, "pull", zero_copy=zero_copy)
+        else:
+            p = plan.plan_scatter_gather(op, total, "bf16", world, zero_copy=zero_copy, algorithm="pull")
+        assert p.algorithm == "pull" and p.kernel is plan.table.spec(op, "pull")
+        assert p.entry == f"wn_pull_bf16_w{world}" and p.block == 512
+        assert 1 <= p.grid <= plan.PULL_CTAS == 8  # the default footprint
+        assert p.smem == plan.table.PULL_SMEM and "algorithm='pull' given" in p.reason
+        want = {"all_reduce": table.AllReduceFlags.NONE, "reduce_scatter": table.AllReduceFlags.REDUCE_SCATTER,
+                "all_gather": table.AllReduceFlags.ALL_GATHER}[op]
+        if zero_copy and op != "all_gather":  # all_gather never reads a peer's input in place
+            want |= table.AllReduceFlags.ZERO_COPY
+        assert p.flags == want
+    # any grid 1..MAX_CTAS when asked for
+    for ctas in (1, 2, 8, 32, MAX_CTAS):
+        q = (plan_all_reduce(total, "bf16", world, "pull", ctas) if op == "all_reduce"
+             else plan.plan_scatter_gather(op, total, "bf16", world, ctas, algorithm="pull"))
+        assert q.grid == ctas and "ctas given" in q.reason
+
+
+def test_pull_default_grid_follows_the_chunks():
+    # one CTA per chunk of a rank's segment: 1 for tiny inputs, PULL_CTAS for large ones
+    assert plan_all_reduce(7, "bf16", 4, "pull").grid == 1
+    chv = plan.pull_chunk_vectors(4)
+    assert plan_all_reduce(3 * chv * 4 * 8, "bf16", 4, "pull").grid == 3
+    assert plan_all_reduce(1 << 26, "f32", 8, "pull").grid == plan.PULL_CTAS
+
+
+def test_pull_chunks_fit_three_stages_of_shared_memory():
+    from weave_nvshmem.ptx import catalog, loader
+
+    assert loader.DEFAULT_SHMEM < plan.table.PULL_SMEM <= loader.MAX_SHMEM
+    for world in range(1, catalog.MAX_WORLD + 1):
+        chv = plan.pull_chunk_vectors(world)
+        assert chv & (chv - 1) == 0 and 3 * world * chv * 16 <= plan.table.PULL_SMEM
+        text = catalog.render("pull.ptx", "bf16", world)
+        assert f"mad.lo.u32 %sst, %st, {world * chv * 16}, %sbuf;" in text  # the kernel's stage size
+
+
+def test_auto_does_not_pick_pull():
+    for world in (2, 4, 8):
+        for nelem in (1, 1 << 16, 1 << 26):
+            assert plan_all_reduce(nelem, "bf16", world, zero_copy=True).algorithm != "pull"
+            assert plan_all_reduce(nelem, "bf16", world, ctas=4, zero_copy=True).algorithm != "pull"
+        for op in ("reduce_scatter", "all_gather"):
+            assert plan.plan_scatter_gather(op, 1 << 20, "bf16", world).algorithm == "twoshot"
+
+
+def test_scatter_gather_refuses_unknown_algorithms():
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        plan.plan_scatter_gather("reduce_scatter", 1 << 20, "bf16", 4, algorithm="oneshot")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        plan.plan_scatter_gather("all_gather", 1 << 20, "bf16", 4, algorithm="lamport")

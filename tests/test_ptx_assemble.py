@@ -96,7 +96,7 @@ def _entries(kernel, dtype, world):
 
 def _expected():
     """(file, dtype, world) -> entry names the communicator (or its multicast path) can request."""
-    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a != "auto"]
+    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "pull")]
     fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "twoshot", "local")]
     exp = {("copy.ptx", None, 1): {"wn_copy"}}
     for dt in catalog.DTYPES:
@@ -107,6 +107,7 @@ def _expected():
             exp[("allreduce.ptx", dt, world)] = {f"wn_allreduce_{a}_{dt}_w{world}" for a in algos}
             exp[("fused_rmsnorm.ptx", dt, world)] = {f"wn_fused_{a}_{dt}_w{world}_v{v}"
                                                      for a in fused_algos for v in VPTS}
+            exp[("pull.ptx", dt, world)] = {f"wn_pull_{dt}_w{world}"}
             exp[("fused_twoshot.ptx", dt, world)] = {f"wn_fused_twoshot_{dt}_w{world}_g{g}" for g in GROUPS}
             exp[("multimem.ptx", dt, world)] = ({f"wn_allreduce_multimem_{dt}_w{world}"}
                                                | {f"wn_fused_multimem_{dt}_w{world}_v{v}" for v in VPTS})

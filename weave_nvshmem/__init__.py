@@ -55,7 +55,7 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
     algorithm : str
         ``"auto"`` (by size, or from the device's tuning table) or a name in
         ``weave_nvshmem.collectives.plan.ALLREDUCE_ALGORITHMS`` (``"lamport"``, ``"oneshot"``,
-        ``"twoshot"``).
+        ``"twoshot"``, ``"pull"``: few CTAs, TMA bulk loads from the peers, docs/transport.md).
     ctas : int, optional
         Thread blocks to launch; the planner's choice when None.
     channel : int
@@ -80,7 +80,8 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
                               **_given(compression=compression))
 
 
-def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
+def reduce_scatter(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+                   compression=None):
     """Sum ``x`` over all ranks and keep this rank's chunk of dim 0, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -92,6 +93,9 @@ def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None, com
         ``n`` rows a multiple of 16 bytes.
     out : torch.Tensor or cupy.ndarray, optional
         ``[n, ...]``, the dtype of ``x``. A new tensor when None.
+    algorithm : str
+        ``"auto"`` (today: ``"twoshot"``), ``"twoshot"`` or ``"pull"`` (few CTAs, TMA bulk loads
+        from the peers; ``plan.SCATTER_GATHER_ALGORITHMS``).
     ctas : int, optional
         Thread blocks to launch; the planner's choice when None.
     channel : int
@@ -112,11 +116,12 @@ def reduce_scatter(x, *, out=None, ctas=None, channel: int = 0, stream=None, com
     --------
     Communicator.reduce_scatter
     """
-    return _comm().reduce_scatter(x, out=out, ctas=ctas, channel=channel, stream=stream,
+    return _comm().reduce_scatter(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
                                   **_given(compression=compression))
 
 
-def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
+def all_gather(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+               compression=None):
     """Concatenate every rank's ``x`` along dim 0 in rank order, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -127,6 +132,9 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None, compres
         ``[n, ...]``, ``bfloat16``/``float16``/``float32``, contiguous, a multiple of 16 bytes.
     out : torch.Tensor or cupy.ndarray, optional
         ``[world * n, ...]``, the dtype of ``x``. A new tensor when None.
+    algorithm : str
+        ``"auto"`` (today: ``"twoshot"``), ``"twoshot"`` or ``"pull"`` (few CTAs, TMA bulk loads
+        from the peers; ``plan.SCATTER_GATHER_ALGORITHMS``).
     ctas : int, optional
         Thread blocks to launch; the planner's choice when None.
     channel : int
@@ -147,7 +155,7 @@ def all_gather(x, *, out=None, ctas=None, channel: int = 0, stream=None, compres
     --------
     Communicator.all_gather
     """
-    return _comm().all_gather(x, out=out, ctas=ctas, channel=channel, stream=stream,
+    return _comm().all_gather(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
                               **_given(compression=compression))
 
 

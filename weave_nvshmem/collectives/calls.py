@@ -173,8 +173,8 @@ def all_reduce(comm, x, *, out=None, algorithm: str = "auto", ctas=None, channel
                 compression=q)
 
 
-def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, stream=None,
-                   compression=None) -> Call:
+def scatter_gather(comm, op: str, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0,
+                   stream=None, compression=None) -> Call:
     """``reduce_scatter``'s or ``all_gather``'s (``op``) arguments, checked."""
     xt, back, dt, c = _input(comm, op, x, channel)
     world = comm.world
@@ -192,13 +192,13 @@ def scatter_gather(comm, op: str, x, *, out=None, ctas=None, channel: int = 0, s
     if chunk_bytes % 16:
         raise ValueError(f"{op}: each rank's chunk must be a multiple of 16 bytes (got {chunk_bytes}); "
                          "pad the tensor or use all_reduce")
-    q = _compression(op, compression, total, world, chunk=total // world)
+    q = _compression(op, compression, total, world, algorithm, chunk=total // world)
     o = _out(op, out, shape, xt)
     # out's chunks are written while peers still read x's (or x is a chunk of out); world 1 is a
     # device copy, none when out is x
     if o is not None and not (world == 1 and o.data_ptr() == xt.data_ptr()):
         check_apart(op, "out", span(o), "x", span(xt), "pass a separate out")
-    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, ctas=ctas, compression=q)
+    return Call(op, dt, xt, o, shape, back, op_stream(stream, x), c, total, algorithm, ctas, compression=q)
 
 
 def fused_allreduce_rmsnorm(comm, x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",

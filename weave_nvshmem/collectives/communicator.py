@@ -252,7 +252,8 @@ class Communicator:
             return planning.plan_fused(rows, hidden, dt, self.world, call.algorithm, call.ctas, call.sharded,
                                        residual=call.residual is not None, zero_copy=zero_copy,
                                        multicast=bool(ch.mc_ws))
-        return planning.plan_scatter_gather(op, call.numel, dt, self.world, call.ctas, zero_copy=zero_copy)
+        return planning.plan_scatter_gather(op, call.numel, dt, self.world, call.ctas, zero_copy=zero_copy,
+                                            algorithm=call.algorithm)
 
     def _run(self, call: Call, p: planning.Launch):
         """Launch ``p`` for ``call``; the op's outputs."""
@@ -350,7 +351,8 @@ class Communicator:
             May be ``x`` itself (in place, every algorithm); any other overlap with ``x`` raises
             ValueError.
         algorithm : str
-            ``"auto"``, ``"lamport"``, ``"oneshot"`` or ``"twoshot"`` (``plan.ALLREDUCE_ALGORITHMS``).
+            ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"`` or ``"pull"``
+            (``plan.ALLREDUCE_ALGORITHMS``).
         ctas : int, optional
             CTAs, 1..128 (default: the plan's).
         channel : int
@@ -373,7 +375,8 @@ class Communicator:
         return self._run(call, self._plan(call))
 
     @overlappable
-    def reduce_scatter(self, x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
+    def reduce_scatter(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+                       compression=None):
         """Sum over ranks, keep chunk ``rank`` of the flattened result. Collective.
 
         ``x``: ``[world * n, ...]`` bf16/fp16/fp32 (numel divisible by world, chunk bytes a multiple
@@ -381,12 +384,13 @@ class Communicator:
         (ValueError; ``out=x`` only at world 1). Other arguments as in ``all_reduce``
         (``compression``: each chunk a multiple of the block; the chunk is the fp32 sum rounded).
         """
-        call = self._validate("reduce_scatter", x, out=out, ctas=ctas, channel=channel, stream=stream,
+        call = self._validate("reduce_scatter", x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
                               compression=compression)
         return self._run(call, self._plan(call))
 
     @overlappable
-    def all_gather(self, x, *, out=None, ctas=None, channel: int = 0, stream=None, compression=None):
+    def all_gather(self, x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
+                   compression=None):
         """Concatenate every rank's ``x`` along dim 0 in rank order. Collective.
 
         ``x``: ``[n, ...]`` bf16/fp16/fp32 with its bytes a multiple of 16; returns/out:
@@ -394,7 +398,7 @@ class Communicator:
         arguments as in ``all_reduce`` (``compression``: the chunks travel quantized, every rank,
         the owner too, returns the dequantized values; gather must be "compressed").
         """
-        call = self._validate("all_gather", x, out=out, ctas=ctas, channel=channel, stream=stream,
+        call = self._validate("all_gather", x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
                               compression=compression)
         return self._run(call, self._plan(call))
 

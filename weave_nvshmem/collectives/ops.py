@@ -147,38 +147,42 @@ def _(x, algorithm="auto", ctas=0, compression=""):
 
 
 @torch.library.custom_op("weave_nvshmem::reduce_scatter", mutates_args=())
-def reduce_scatter(x: torch.Tensor, world: int, ctas: int = 0, compression: str = "") -> torch.Tensor:
+def reduce_scatter(x: torch.Tensor, world: int, ctas: int = 0, compression: str = "",
+                   algorithm: str = "auto") -> torch.Tensor:
     """Sum over ranks, keep this rank's chunk of dim 0. ``world``: the world size (for shapes).
     ``compression`` as in ``all_reduce`` (the CPU reference ignores it: it sums exactly)."""
-    return _of_world("reduce_scatter", world).reduce_scatter(x, ctas=ctas or None, **_compression(compression))
+    return _of_world("reduce_scatter", world).reduce_scatter(x, algorithm=algorithm, ctas=ctas or None,
+                                                      **_compression(compression))
 
 
 @reduce_scatter.register_fake
-def _(x, world, ctas=0, compression=""):
+def _(x, world, ctas=0, compression="", algorithm="auto"):
     return x.new_empty((x.shape[0] // world,) + tuple(x.shape[1:]))
 
 
 @reduce_scatter.register_kernel("cpu")
-def _(x, world, ctas=0, compression=""):
+def _(x, world, ctas=0, compression="", algorithm="auto"):
     rank, _ = _check_world("reduce_scatter", world)
     n = x.shape[0] // world
     return _sum_over_ranks(x)[rank * n:(rank + 1) * n].clone()
 
 
 @torch.library.custom_op("weave_nvshmem::all_gather", mutates_args=())
-def all_gather(x: torch.Tensor, world: int, ctas: int = 0, compression: str = "") -> torch.Tensor:
+def all_gather(x: torch.Tensor, world: int, ctas: int = 0, compression: str = "",
+               algorithm: str = "auto") -> torch.Tensor:
     """Every rank's ``x`` concatenated along dim 0 in rank order. ``world``: the world size.
     ``compression`` as in ``all_reduce`` (the CPU reference ignores it: it gathers exactly)."""
-    return _of_world("all_gather", world).all_gather(x, ctas=ctas or None, **_compression(compression))
+    return _of_world("all_gather", world).all_gather(x, algorithm=algorithm, ctas=ctas or None,
+                                                  **_compression(compression))
 
 
 @all_gather.register_fake
-def _(x, world, ctas=0, compression=""):
+def _(x, world, ctas=0, compression="", algorithm="auto"):
     return x.new_empty((x.shape[0] * world,) + tuple(x.shape[1:]))
 
 
 @all_gather.register_kernel("cpu")
-def _(x, world, ctas=0, compression=""):
+def _(x, world, ctas=0, compression="", algorithm="auto"):
     _check_world("all_gather", world)
     if world == 1:
         return x.clone()

@@ -22,6 +22,7 @@ __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "pl
            "plan_compressed", "plan_compressed_fused",
            "fused_block", "row_group",
            "owned_rows", "staging_bytes", "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS",
+           "SCATTER_GATHER_ALGORITHMS", "PULL_CTAS", "pull_chunk_vectors",
            "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
 
 #: torch dtype name -> PTX dtype
@@ -29,8 +30,23 @@ PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 #: ``algorithm=`` values: "auto" and what the kernel table offers (multicast twins are a transport
 #: of "twoshot", chosen by the channel, not by name)
 #: ("twoshot_q", compressed.ptx, is chosen by ``compression=``, never by name)
-ALLREDUCE_ALGORITHMS = ("auto",) + tuple(a for a in table.algorithms("all_reduce") if a != "twoshot_q")
-FUSED_ALGORITHMS = ("auto",) + tuple(a for a in table.algorithms("fused_allreduce_rmsnorm") if a != "twoshot_q")
+
+
+def _named(op: str) -> tuple:
+    return ("auto",) + tuple(a for a in table.algorithms(op) if a != "twoshot_q")
+
+
+ALLREDUCE_ALGORITHMS = _named("all_reduce")
+FUSED_ALGORITHMS = _named("fused_allreduce_rmsnorm")
+#: ``algorithm=`` values of reduce_scatter and all_gather (both take the same ones)
+SCATTER_GATHER_ALGORITHMS = _named("reduce_scatter")
+assert SCATTER_GATHER_ALGORITHMS == _named("all_gather")
+#: the pull transport (pull.ptx): its default CTA cap. Its point is a small SM footprint (an SM
+#: reads up to ~199 GB/s with TMA bulk loads but writes only ~48 GB/s to peers), so 8 CTAs at most
+#: unless ``ctas`` asks for more. ``auto`` never picks "pull": its GEMM-interference and time
+#: figures (scripts/transport_footprint.py, scripts/interference_proxy.py) are not measured yet,
+#: and auto's rules change only on measurements.
+PULL_CTAS = 8
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
 FUSED_TWOSHOT_CTAS = 64
@@ -222,8 +238,21 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
     return _make(op, algorithm, transport, dtype, world, ctas, flags, reason)
 
 
+def pull_chunk_vectors(world: int) -> int:
+    """16-byte vectors of one pull.ptx chunk (a bulk load): 4096/world rounded down to a power of
+    two, so a pipeline stage (world chunks) is at most 64 KB."""
+    n = 4096
+    while n * world > 4096:
+        n //= 2
+    return n
+
+
 def _all_reduce_ctas(nvec: int, world: int, algorithm: str) -> tuple[int, str]:
-    """The default grid of allreduce.ptx and why: one CTA per 1024 vectors a rank handles, capped."""
+    """The default grid of allreduce.ptx and why: one CTA per 1024 vectors a rank handles, capped;
+    pull.ptx: one CTA per chunk of a rank's segment, at most ``PULL_CTAS``."""
+    if algorithm == "pull":
+        chunks = -(-(-(-nvec // world)) // pull_chunk_vectors(world))
+        return max(1, min(PULL_CTAS, chunks)), f"grid: one CTA per pull chunk a rank reduces, at most {PULL_CTAS}"
     per_rank = -(-nvec // world) if algorithm == "twoshot" else nvec
     # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
     cap = (64 if world <= 2 else 32) if algorithm == "twoshot" else 16
@@ -231,9 +260,10 @@ def _all_reduce_ctas(nvec: int, world: int, algorithm: str) -> tuple[int, str]:
     return ctas, f"grid: one CTA per 1024 vectors a rank handles, at most {cap}"
 
 
-def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, *, zero_copy: bool = False) -> Launch:
-    """Plan ``reduce_scatter`` or ``all_gather`` (``op``): the two-shot all-reduce kernel in its
-    reduce-scatter or all-gather mode, a device copy at world 1.
+def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, *, zero_copy: bool = False,
+                        algorithm: str = "auto") -> Launch:
+    """Plan ``reduce_scatter`` or ``all_gather`` (``op``): the two-shot all-reduce kernel (or
+    pull.ptx) in its reduce-scatter or all-gather mode, a device copy at world 1.
 
     Parameters
     ----------
@@ -243,15 +273,21 @@ def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, 
         Elements of the reduced (RS input / AG output) tensor; ``total / world`` per rank.
     dtype, world, ctas, zero_copy
         As in ``plan_all_reduce`` (all_gather reads no input in place: zero copy is masked off).
+    algorithm : str
+        One of ``SCATTER_GATHER_ALGORITHMS``; ``auto`` is ``"twoshot"`` (unmeasured rules stay out).
     """
+    _check_algorithm(op, algorithm, world, SCATTER_GATHER_ALGORITHMS)
     ctas = _check_ctas(ctas, op)
     if world == 1:
         return _copy(op, dtype, "this rank's chunk is the whole tensor")
+    kind = "twoshot" if algorithm == "auto" else algorithm
     nvec = -(-total // _vec_elems(dtype, op))
-    ctas, why = (ctas, "ctas given") if ctas else _all_reduce_ctas(nvec, world, "twoshot")
+    ctas, why = (ctas, "ctas given") if ctas else _all_reduce_ctas(nvec, world, kind)
     flags = AllReduceFlags.ALL_GATHER if op == "all_gather" else (
         AllReduceFlags.REDUCE_SCATTER | (AllReduceFlags.ZERO_COPY if zero_copy else AllReduceFlags.NONE))
-    return _make(op, "twoshot", "p2p", dtype, world, ctas, flags, f"{op}: the two-shot kernel's {op} mode; {why}")
+    name = "the two-shot kernel" if kind == "twoshot" else "the pull kernel (pull.ptx)"
+    given = "" if algorithm == "auto" else f"algorithm={algorithm!r} given; "
+    return _make(op, kind, "p2p", dtype, world, ctas, flags, f"{given}{op}: {name}'s {op} mode; {why}")
 
 
 def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None) -> Launch:

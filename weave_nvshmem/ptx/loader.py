@@ -19,13 +19,16 @@ from ..settings import cache_dir
 from . import catalog
 from .table import KernelSpec
 
-__all__ = ["ARCH", "KernelLibrary", "cache_key", "cubin_for", "device_arch", "launch", "link_cubin"]
+__all__ = ["ARCH", "KernelLibrary", "cache_key", "cubin_for", "device_arch", "launch", "link_cubin", "opt_in_shared_memory"]
 
 #: the PTX targets sm_90a (Hopper); other architectures are refused with a clear error
 ARCH = "sm_90a"
-#: dynamic shared memory a kernel may use without opting in (the table's kernels use none, so the
-#: loader has no opt-in path: a spec asking for more is refused)
+#: dynamic shared memory a kernel may use without opting in; above it (pull.ptx) the loader sets the
+#: entry's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES once, when it loads the entry
 DEFAULT_SHMEM = 48 * 1024
+#: the most dynamic shared memory a Hopper block may opt in to (227 KB), less what the static
+#: shared variables of our kernels may take (1 KB)
+MAX_SHMEM = 227 * 1024 - 1024
 
 
 def cache_key(ptx: str, arch: str) -> str:
@@ -95,9 +98,8 @@ class KernelLibrary:
         The spec's file is rendered (``spec.render_args``), linked once (disk cache) and loaded
         once per process; CUDA loads the module lazily, at its first launch.
         """
-        if spec.smem > DEFAULT_SHMEM:
-            raise ValueError(f"{spec.entry}: {spec.smem} bytes of dynamic shared memory need an opt-in the "
-                             f"loader does not do (at most {DEFAULT_SHMEM})")
+        if spec.smem > MAX_SHMEM:
+            raise ValueError(f"{spec.entry}: {spec.smem} bytes of dynamic shared memory (at most {MAX_SHMEM})")
         render = spec.render_args(dtype, world)
         entry = spec.entry_name(dtype, world, variant)
         k = self._kernels.get((render, entry))
@@ -108,8 +110,29 @@ class KernelLibrary:
             if mod is None:
                 cubin = cubin_for(catalog.render(*render), self.arch)
                 mod = self._modules[render] = ObjectCode.from_cubin(cubin, name=spec.file)
-            k = self._kernels[(render, entry)] = mod.get_kernel(entry)
+            k = mod.get_kernel(entry)
+            if spec.smem > DEFAULT_SHMEM:
+                opt_in_shared_memory(k, spec.smem, self.device_id)
+            self._kernels[(render, entry)] = k
         return k
+
+
+def opt_in_shared_memory(kernel, nbytes: int, device_id: int) -> None:
+    """Allow ``kernel`` (a cuda.core Kernel) ``nbytes`` of dynamic shared memory (> 48 KB needs it).
+
+    cuda.core loads modules as libraries (CUkernel handles: cuKernelSetAttribute per device);
+    a CUfunction handle takes cuFuncSetAttribute. CudaError if the driver refuses.
+    """
+    from cuda.bindings import driver
+
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    handle = getattr(kernel, "handle", None) or kernel._handle
+    if isinstance(handle, driver.CUkernel):
+        (err,) = driver.cuKernelSetAttribute(attr, nbytes, handle, driver.CUdevice(device_id))
+    else:
+        (err,) = driver.cuFuncSetAttribute(handle, attr, nbytes)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise CudaError(f"setting {nbytes} bytes of dynamic shared memory failed: {err}")
 
 
 _streams: dict = {}

@@ -183,6 +183,8 @@ class KernelSpec:
         return tuple(NP_TYPES[t](values[n]) for n, t in names)
 
 
+#: pull.ptx's dynamic shared memory: 3 pipeline stages of up to 64 KB (WORLD chunks each)
+PULL_SMEM = 3 * 64 * 1024
 _ONE_ROW_VPT = (("vpt",), ((1,), (2,), (4,), (8,)))
 #: fused_local.ptx's block shapes per VPT: "b" (the one-row block: a thread per column group), and
 #: "b4" (the same held to 32 registers, 4 blocks per SM)
@@ -224,6 +226,12 @@ KERNELS: tuple = (
                "wn_fused_q_{fmt}_{dtype}_w{world}_b{qblock}", _FUSED,
                CompressedFusedFlags.SHARDED | CompressedFusedFlags.RESIDUAL | CompressedFusedFlags.GATHER_INPUT, 512,
                ("fmt", "qblock"), COMPRESSED_VARIANTS),
+    # the pull transport (pull.ptx): few CTAs, TMA bulk loads from the peers, each byte written once
+    # locally; 3 stages of 64 KB of dynamic shared memory (the loader opts in above 48 KB)
+    *(KernelSpec(op, "pull", "p2p", "pull.ptx", "wn_pull_{dtype}_w{world}", _AR, flags, 512, smem=PULL_SMEM)
+      for op, flags in (("all_reduce", AllReduceFlags.ZERO_COPY),
+                        ("reduce_scatter", AllReduceFlags.REDUCE_SCATTER | AllReduceFlags.ZERO_COPY),
+                        ("all_gather", AllReduceFlags.ALL_GATHER))),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}

@@ -1,0 +1,176 @@
+"""SM footprint of the transports on one GPU, ranks emulated: the pull transport (pull.ptx: TMA bulk
+loads from the peers, every byte written once locally) against the two-shot kernels, by CTA count.
+
+What it shows: time per call, CTAs x time (SM-microseconds a call occupies), and the bytes each SM
+reads and writes per call, computed from each algorithm's traffic (``traffic``), next to the
+per-SM rates that motivate pull: an SM reads up to ~199 GB/s with TMA bulk loads (~128 GB/s with
+16-byte vector loads) but writes only ~48 GB/s. One GPU's HBM is not NVLink: these are
+kernel / SM-footprint figures, never link figures.
+
+    python scripts/transport_footprint.py [--out DIR] [--quick]
+    python scripts/transport_footprint.py --replot DIR/transport-footprint-<device>.json   # no GPU
+
+EmulatedWorld(4); all_reduce (pull, twoshot) and the fused op (twoshot; the fused pull kernel is
+not written yet) at 1024 and 8192 tokens x hidden 8192 bf16, zero copy and staged, 2/4/8/16/32
+CTAs per rank. Timed by the public harness: a CUDA graph of STEPS calls on SETS input sets per
+rank, inputs regenerated and L2 evicted before every replay, median of REPLAYS. < 120 s on one H200.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts: see emulated.py
+
+WORLD, HIDDEN = 4, 8192
+TOKENS = (1024, 8192)
+CTAS = (2, 4, 8, 16, 32)
+#: (op, algorithm) rows; the fused op has no pull kernel yet
+CASES = (("all_reduce", "pull"), ("all_reduce", "twoshot"), ("fused", "twoshot"))
+STEPS, SETS, REPLAYS = 4, 2, 10
+#: per-SM rates on one H200 (scripts/sm_bandwidth_probe.py and the project's earlier measurements)
+RATES_GB_S = {"read_tma": 199.0, "read_vector": 128.0, "write": 48.0}
+
+
+def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int) -> dict:
+    """Bytes one rank's SMs read and write per call for an input of ``n`` bytes at ``w`` ranks.
+
+    all_reduce, both algorithms (segments of n/w):
+      reduce: the owner reads its segment from all w ranks: n; writes result + out: 2n/w.
+      gather: reads the w-1 other segments: (w-1)n/w; writes them to out: (w-1)n/w.
+      staged (not zero copy): + a copy of the w-1 other segments of x -- pull: into our own
+      staging (local read + local write), twoshot: pushed into the owners' staging (local read,
+      REMOTE write): (w-1)n/w read, (w-1)n/w written.
+    fused (twoshot, replicated residual, residual given): all_reduce's reduce reads plus the own
+    residual rows n/w; writes residual + result + out of the own rows: 3n/w, s re-read n/w; gather:
+    pulls s (w-1)n/w, re-reads it (w-1)n/w, writes residual and out 2(w-1)n/w.
+    ``remote_write``: bytes of the writes that go to a peer (pull: none).
+    """
+    seg, other = n / w, (w - 1) * n / w
+    if op == "all_reduce":
+        read, written = n + other, 2 * seg + other
+    else:
+        read, written = n + seg + seg + other + other, 3 * seg + 2 * other
+    remote = 0.0
+    if not zero_copy:
+        read, written = read + other, written + other
+        remote = other if algorithm == "twoshot" else 0.0
+    return {"read": read, "written": written, "remote_write": remote}
+
+
+def step_fn(op, algorithm, xs, res, weight, outs, ctas):
+    if op == "fused":
+        return lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res[r], weight, 1e-6, algorithm=algorithm, ctas=ctas,
+                                                      out=outs[r])
+    return lambda r, c: c.all_reduce(xs[r], out=outs[r], algorithm=algorithm, ctas=ctas)
+
+
+def measure(args) -> dict:
+    import torch
+
+    from weave_nvshmem import CommOptions
+    from weave_nvshmem.bench import provenance
+    from weave_nvshmem.bench.harness import MB, Harness
+    from weave_nvshmem.collectives.channel import workspace_bytes
+    from weave_nvshmem.collectives.emulated import EmulatedWorld
+
+    h = Harness(distributed=False)
+    opts = CommOptions(timeout_s=10.0, channels=1)
+    tokens_list = (1024,) if args.quick else TOKENS
+    big = max(tokens_list) * HIDDEN * 2
+    sym_bytes = SETS * big + 16 * MB
+    arena = workspace_bytes(WORLD, big) + workspace_bytes(WORLD, opts.initial_bytes) + sym_bytes + 64 * MB
+    rows, t_start = [], time.perf_counter()
+    with EmulatedWorld(WORLD, arena_bytes=arena, options=opts) as world:
+        world.reserve(big)
+        weight = torch.randn(HIDDEN, device="cuda").to(torch.bfloat16)
+        for tokens in tokens_list:
+            shape = (tokens, HIDDEN)
+            plain = [[torch.empty(shape, dtype=torch.bfloat16, device="cuda") for _ in range(WORLD)]
+                     for _ in range(SETS)]
+            sym = [world.empty(shape, torch.bfloat16) for _ in range(SETS)]
+            res = [[torch.empty(shape, dtype=torch.bfloat16, device="cuda") for _ in range(WORLD)]
+                   for _ in range(SETS)]
+            outs = [torch.empty(shape, dtype=torch.bfloat16, device="cuda") for _ in range(WORLD)]
+
+            def refresh():
+                for s in range(SETS):
+                    for r in range(WORLD):
+                        plain[s][r].normal_()
+                        sym[s][r].normal_()
+                        res[s][r].normal_()
+
+            for op, algorithm in CASES:
+                for zero_copy in (True, False):
+                    src = sym if zero_copy else plain
+                    for ctas in CTAS:
+                        if ctas * WORLD > world.sms:
+                            continue
+                        fns = [step_fn(op, algorithm, src[i], res[i], weight, outs, ctas) for i in range(SETS)]
+                        m = h.measure(lambda i: world.run(fns[i]), refresh, SETS, STEPS, 2, REPLAYS)
+                        world.check()
+                        if m.get("error"):
+                            raise RuntimeError(f"{op} {algorithm} zc={zero_copy} ctas {ctas}: {m['error']}")
+                        t = traffic(op, algorithm, zero_copy, tokens * HIDDEN * 2, WORLD)
+                        rows.append({"op": op, "algorithm": algorithm, "zero_copy": zero_copy, "tokens": tokens,
+                                     "ctas": ctas, "us": round(m["us"], 2), "cta_us": round(ctas * m["us"], 1),
+                                     "read_per_sm_MB": round(t["read"] / ctas / 1e6, 3),
+                                     "written_per_sm_MB": round(t["written"] / ctas / 1e6, 3),
+                                     "remote_written_per_sm_MB": round(t["remote_write"] / ctas / 1e6, 3)})
+                        h.log(f"{rows[-1]} ({time.perf_counter() - t_start:.0f} s)")
+            for s in sym:
+                world.free(s)
+    doc = provenance.describe("transport-footprint", h.device_name, 1, emulated=True)
+    doc.update(stem=f"transport-footprint-{doc['device_slug']}", world=WORLD, hidden=HIDDEN, dtype="bfloat16",
+               steps=STEPS, sets=SETS, replays=REPLAYS, rates_GB_s=RATES_GB_S, rows=rows,
+               traffic_formula=traffic.__doc__)
+    return doc
+
+
+def markdown(doc: dict) -> str:
+    from weave_nvshmem.bench import report
+
+    r8 = doc["rates_GB_s"]
+    lines = [f"**transport SM footprint** on one {doc['device']} (commit {report.commit_of(doc)}), "
+             f"EmulatedWorld({doc['world']}), {doc['dtype']}, hidden {doc['hidden']}. {report.EMULATED_NOTE}. "
+             "One GPU's HBM is not NVLink: these are kernel / SM-footprint figures.", "",
+             f"Per-SM rates: reads {r8['read_tma']:.0f} GB/s (TMA bulk loads), {r8['read_vector']:.0f} GB/s "
+             f"(16-byte vector loads); writes {r8['write']:.0f} GB/s. Bytes per SM = the algorithm's bytes per "
+             "rank per call (below) / CTAs; 'SM bound' = read/rate + written/write-rate per SM (TMA rate for "
+             "pull, vector rate for twoshot).", "",
+             "| op | algorithm | zero copy | tokens | CTAs | us/call | CTAs x us | MB read/SM | MB written/SM "
+             "| of which remote | SM bound us |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        rate = r8["read_tma"] if r["algorithm"] == "pull" else r8["read_vector"]
+        bound = r["read_per_sm_MB"] * 1e6 / (rate * 1e9) * 1e6 + r["written_per_sm_MB"] * 1e6 / (r8["write"] * 1e9) * 1e6
+        lines.append(f"| {r['op']} | {r['algorithm']} | {'yes' if r['zero_copy'] else 'no'} | {r['tokens']} | "
+                     f"{r['ctas']} | {r['us']:.1f} | {r['cta_us']:.0f} | {r['read_per_sm_MB']:.2f} | "
+                     f"{r['written_per_sm_MB']:.2f} | {r['remote_written_per_sm_MB']:.2f} | {bound:.0f} |")
+    lines += ["", "Traffic per rank per call (n input bytes, w ranks):", "", "```", doc["traffic_formula"].strip(),
+              "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from weave_nvshmem.bench import report
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench")
+    ap.add_argument("--quick", action="store_true", help="1024 tokens only")
+    ap.add_argument("--replot", metavar="JSON", help="rewrite the .md of an earlier run's JSON, no GPU")
+    args = ap.parse_args(argv)
+    if args.replot:
+        doc, out = report.load(args.replot), Path(args.replot).parent
+        doc.setdefault("stem", Path(args.replot).stem)
+    else:
+        doc, out = measure(args), Path(args.out)
+    paths = report.write_outputs(doc, out, markdown=markdown, plot=None, plotted=False)
+    print(Path(paths["md"]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
