@@ -65,7 +65,7 @@ def record(status, mine, theirs, peer=1, cta=3, seq=(5, 5), lseq=(0, 0)):
     w[:4] = (status, comm_mod.OP_IDS[mine.op], peer, cta)
     w[4:9] = mine.words() + (seq[0], lseq[0])
     w[9:14] = theirs.words() + (seq[1], lseq[1])
-    w[14], w[15] = 0x1234, 1
+    w[14] = 0x1234
     return w
 
 

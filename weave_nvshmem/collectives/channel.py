@@ -1,7 +1,8 @@
 """A channel: one rank's symmetric workspace of the channel kernels, and its size.
 
 Layout (offsets in bytes; ``catalog.PAD_OFF``/``DESC_OFF``/``DATA_OFF``; protocols in
-ptx/kernels/allreduce.ptx and barrier.ptxinc): control words at 0, the signal pad (u32 flags
+ptx/kernels/allreduce.ptx and barrier.ptxinc): control words at 0 (call counter, blocks done,
+Lamport counter and received bytes, at 32 the failure lock), the signal pad (u32 flags
 ``[MAX_CTAS][MAX_WORLD]``) at ``PAD_OFF``, the call descriptors the handshake publishes
 (``[MAX_CTAS][MAX_WORLD]`` x ``DESC_BYTES``, docs/reliability.md) at ``DESC_OFF``, from
 ``DATA_OFF`` the staging buffers (2 parities x ``world`` slots of ``cap`` bytes)

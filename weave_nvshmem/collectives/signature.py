@@ -34,7 +34,7 @@ DTYPES = {"bfloat16": 1, "float16": 2, "float32": 3}
 _DTYPE_NAMES = {i: name for name, i in DTYPES.items()}
 _PTX_NAMES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 #: u32 words of a Communicator's error record: {status, op, peer, cta, our call0..2, seq, lseq,
-#: the peer's call0..2, seq, lseq, the peer's handshake value, lock} (barrier.ptxinc)
+#: the peer's call0..2, seq, lseq, the peer's handshake value, 0} (barrier.ptxinc)
 RECORD_WORDS = 16
 #: status words of the record
 TIMEOUT, MISMATCH = 1, 2
