@@ -27,8 +27,8 @@ from .fabric import Fabric, NvshmemFabric
 
 __all__ = ["CommOptions", "Communicator", "default", "close_default", "launch_local", "OPS", "OP_IDS"]
 
-#: op ids the kernels write into the error record
-OPS = {1: "barrier", 2: "all_reduce", 3: "reduce_scatter", 4: "all_gather", 5: "fused_allreduce_rmsnorm"}
+#: op ids the kernels write into the error record (and the call descriptors: signature.py)
+OPS = signature.OPS
 OP_IDS = {v: k for k, v in OPS.items()}
 
 
