@@ -105,11 +105,11 @@ def test_mismatched_ops_name_both():
     try:
         x = torch.ones(4, 4096, dtype=torch.bfloat16, device="cuda")
         w = torch.ones(4096, dtype=torch.bfloat16, device="cuda")
-        res = torch.zeros_like(x)
+        res = [torch.zeros_like(x) for _ in range(2)]
         warm(emu, lambda r, c: c.all_reduce(x, algorithm="twoshot", ctas=4),
-             lambda r, c: c.fused_allreduce_rmsnorm(x, res, w, algorithm="twoshot", ctas=4))
+             lambda r, c: c.fused_allreduce_rmsnorm(x, res[r], w, algorithm="twoshot", ctas=4))
         emu.run(lambda r, c: c.all_reduce(x, algorithm="twoshot", ctas=4) if r == 0 else
-                c.fused_allreduce_rmsnorm(x, res, w, algorithm="twoshot", ctas=4))
+                c.fused_allreduce_rmsnorm(x, res[r], w, algorithm="twoshot", ctas=4))
         torch.cuda.synchronize()
         for c in emu.ranks:
             with pytest.raises(CallMismatchError) as err:
