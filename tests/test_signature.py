@@ -125,3 +125,17 @@ def test_every_channel_launch_carries_the_signature(on):
         "all_reduce", "twoshot", "bfloat16", p.grid, 1, (4096,))
     spec = p.kernel
     spec.pack(2, {**{n: 0 for n, _ in spec.params}, **values})  # every parameter named, nothing extra
+
+
+def test_overhead_script_parses_its_arguments_without_a_gpu():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "signature_overhead.py"
+    spec = importlib.util.spec_from_file_location("signature_overhead", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--help"])
+    assert exit_.value.code == 0
+    assert script.TOKENS == (1, 2, 4, 8, 16) and script.HIDDEN == 8192 and script.TARGET_US == 0.3
