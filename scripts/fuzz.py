@@ -2,13 +2,17 @@
 references (weave_nvshmem.testing) and across ranks; one line per failure, ending in the command
 that reruns that call alone.
 
-    python scripts/fuzz.py [--world 2 4 8] [--calls N] [--seed S] [--log FILE] [--only K]
+    python scripts/fuzz.py [--world 2 4 8] [--calls N] [--seed S] [--out FILE] [--budget-s S] [--only K]
 
-Call K of a run is a pure function of (seed, world, K) (weave_nvshmem.testing.fuzz). Prints, per
-world size, the calls, failures, seconds and what the calls covered. Exit status 1 when a call
-failed. The long run keeps its log in bench/:
+Call K of a run is a pure function of (seed, world, K) (weave_nvshmem.testing.fuzz). Every op,
+dtype and algorithm of the kernel table (through the planner's lists, so new algorithms join),
+shapes with 0 and 1 element, CTA counts, channels, eager and CUDA-graph execution; each result is
+checked against the float64 references and across ranks. Prints, per world size, the calls,
+failures, seconds and what the calls covered; with --budget-s the calls of each world size stop
+at an even share of the budget (the summary says how many ran). Exit status 1 when a call
+failed. The long run (10000 calls per world size) keeps its log in bench/:
 
-    python scripts/fuzz.py --calls 10000 --log bench/fuzz-nvidia-h200.log
+    python scripts/fuzz.py --calls 10000 --budget-s 3000 --out bench/fuzz-nvidia-h200.log
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from weave_nvshmem.testing.runner import Fuzzer  # noqa: E402
 
 def main(argv=None) -> int:
     args = fuzz.parser().parse_args(argv)
-    log = open(args.log, "w") if args.log else None
+    log = open(args.out, "w") if args.out else None
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -37,11 +41,16 @@ def main(argv=None) -> int:
     say(f"# {fuzz.SCRIPT} {' '.join(sys.argv[1:] if argv is None else argv)} on {torch.cuda.get_device_name()}, "
         f"commit {os.environ.get('WEAVE_NVSHMEM_COMMIT', 'unknown')}")
     failed = 0
-    for world in args.world:
+    start = time.perf_counter()
+    for i, world in enumerate(args.world):
         indices = [args.only] if args.only is not None else range(args.calls)
+        deadline = fuzz.world_deadline(start, time.perf_counter(), args.budget_s, len(args.world) - i)
         calls, failures, t0 = [], 0, time.perf_counter()
         with Fuzzer(world, timeout_s=args.timeout) as fuzzer:
             for k in indices:
+                if deadline is not None and calls and time.perf_counter() > deadline:
+                    say(f"world {world}: budget reached after {len(calls)} of {len(indices)} calls")
+                    break
                 call = fuzz.fuzz_call(args.seed, world, k)
                 calls.append(call)
                 problems = fuzzer.run(call)
@@ -50,6 +59,8 @@ def main(argv=None) -> int:
                     say(fuzz.failure_line(call, problems))
                 elif args.only is not None:
                     say(f"PASS world {world}: {call.describe()}")
+                if len(calls) % 1000 == 0:
+                    say(f"world {world}: {len(calls)} calls, {failures} failed, {time.perf_counter() - t0:.1f} s")
         covered = ", ".join(f"{key}: {n}" for key, n in sorted(fuzz.coverage(calls).items()))
         say(f"world {world}: {len(calls)} calls, {failures} failed, {time.perf_counter() - t0:.1f} s; covered {covered}")
         failed += failures

@@ -260,3 +260,29 @@ def test_runner_passes_correct_results_and_names_wrong_ones(on_cpu, world):
             assert problems and all(p.startswith("eager: ") for p in problems), c.describe()
             if c.op in ("all_reduce", "fused_allreduce_rmsnorm"):
                 assert "eager: out differs across ranks" in problems, (c.describe(), problems)
+
+
+# ---- the long run's options --------------------------------------------------------------------
+
+def test_algorithms_come_from_the_kernel_table():
+    """A new algorithm in ptx/table.py is fuzzed without an edit here."""
+    from weave_nvshmem.ptx import table
+
+    for op in ("all_reduce", "fused_allreduce_rmsnorm"):
+        for world in WORLDS:
+            assert set(fuzz.algorithms(op, world)) == ({"auto"} | set(table.algorithms(op))) - {"local"}
+
+
+def test_long_run_options():
+    args = fuzz.parser().parse_args(["--out", "bench/fuzz.log", "--budget-s", "90"])
+    assert (args.calls, args.out, args.budget_s, args.world) == (10000, "bench/fuzz.log", 90.0, [2, 4, 8])
+    assert fuzz.parser().parse_args(["--log", "x.log"]).out == "x.log"  # the old spelling
+    assert fuzz.parser().parse_args([]).budget_s is None
+
+
+def test_world_deadline_shares_what_is_left():
+    assert fuzz.world_deadline(0.0, 0.0, None, 3) is None
+    assert fuzz.world_deadline(100.0, 100.0, 90.0, 3) == pytest.approx(130.0)
+    # the first world stopped early at 110 s: the two left share the remaining 80 s
+    assert fuzz.world_deadline(100.0, 110.0, 90.0, 2) == pytest.approx(150.0)
+    assert fuzz.world_deadline(100.0, 200.0, 90.0, 1) == pytest.approx(200.0)  # over budget: stop now

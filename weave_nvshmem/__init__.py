@@ -10,7 +10,7 @@ sets, else a default Communicator created on first use. ``torch.ops.weave_nvshme
 by ``weave_nvshmem.collectives.ops``) are the same ops for torch.compile and CUDA graphs.
 """
 from .collectives import CommOptions, Communicator, owned_rows
-from .errors import (CudaError, HeapExhaustedError, MissingDependencyError, MulticastUnavailable, NoCudaDeviceError,
+from .errors import (CallMismatchError, CudaError, HeapExhaustedError, MissingDependencyError, MulticastUnavailable, NoCudaDeviceError,
                      NotInitializedError, PeersUnavailableError, PeerTimeoutError, UnsupportedDeviceError, WeaveError)
 from .memory import (as_cupy, empty, finalize, free, init, is_initialized, is_symmetric, multicast_unavailable_reason,
                      multicast_view, peer_view, session, zeros)
@@ -241,5 +241,5 @@ __all__ = ["init", "finalize", "session", "is_initialized", "empty", "zeros", "f
            "owned_rows", "all_reduce", "reduce_scatter", "all_gather", "fused_allreduce_rmsnorm", "barrier",
            "use_communicator", "current_communicator",
            "WeaveError", "NotInitializedError", "CudaError", "HeapExhaustedError", "MulticastUnavailable",
-           "PeerTimeoutError", "NoCudaDeviceError", "UnsupportedDeviceError", "MissingDependencyError",
+           "PeerTimeoutError", "CallMismatchError", "NoCudaDeviceError", "UnsupportedDeviceError", "MissingDependencyError",
            "PeersUnavailableError"]

@@ -59,3 +59,20 @@ class MissingDependencyError(WeaveError, ImportError):
 class PeersUnavailableError(WeaveError):
     """The processes of the job cannot find each other: several ranks were launched (``WORLD_SIZE``)
     but torch.distributed is not initialised, or ``LOCAL_RANK`` names no visible GPU."""
+
+
+class CallMismatchError(WeaveError):
+    """Two ranks made different collective calls on one channel (op, shape, dtype, algorithm,
+    CTAs, flags or call count), found by the call signature in the kernels' handshake.
+
+    ``rank``/``peer``: the two ranks; ``mine``/``theirs``: their calls as ``CallDescriptor``
+    (collectives/signature.py). The communicator is broken (its signal pads are out of step):
+    close it and re-create it on all ranks.
+    """
+
+    def __init__(self, rank: int, peer: int, mine, theirs, cta: int = 0):
+        calls = sorted([(rank, mine), (peer, theirs)], key=lambda rc: rc[0])
+        said = "; ".join(f"rank {r} called {c}" for r, c in calls)
+        super().__init__(f"collective call mismatch: {said} (seen by rank {rank}, block {cta}); the communicator is "
+                         "unusable now, close it and re-create it on all ranks")
+        self.rank, self.peer, self.mine, self.theirs, self.cta = rank, peer, mine, theirs, cta

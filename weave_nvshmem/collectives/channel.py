@@ -1,8 +1,11 @@
 """A channel: one rank's symmetric workspace of the channel kernels, and its size.
 
-Layout (offsets in bytes; ``catalog.PAD_OFF``/``DATA_OFF``; protocols in ptx/kernels/allreduce.ptx
-and barrier.ptxinc): control words at 0, the signal pad (u32 flags ``[MAX_CTAS][MAX_WORLD]``) at
-``PAD_OFF``, from ``DATA_OFF`` the staging buffers (2 parities x ``world`` slots of ``cap`` bytes)
+Layout (offsets in bytes; ``catalog.PAD_OFF``/``DESC_OFF``/``DATA_OFF``; protocols in
+ptx/kernels/allreduce.ptx and barrier.ptxinc): control words at 0 (call counter, blocks done,
+Lamport counter and received bytes, at 32 the failure lock), the signal pad (u32 flags
+``[MAX_CTAS][MAX_WORLD]``) at ``PAD_OFF``, the call descriptors the handshake publishes
+(``[MAX_CTAS][MAX_WORLD]`` x ``DESC_BYTES``, docs/reliability.md) at ``DESC_OFF``, from
+``DATA_OFF`` the staging buffers (2 parities x ``world`` slots of ``cap`` bytes)
 and the result buffers (2 x ``cap``), then the three Lamport buffers (``world`` slots of
 ``catalog.LAMPORT_SLOT`` bytes each).
 """
@@ -73,7 +76,7 @@ class Channel:
         self.cap, lamport, nbytes = channel_layout(world, cap)
         if buf.numel() != nbytes or buf.dtype != torch.uint8:
             raise ValueError(f"Channel: buf must be [{nbytes}] uint8 (got [{buf.numel()}] {buf.dtype})")
-        buf[: catalog.DATA_OFF].zero_()
+        buf[: catalog.DATA_OFF].zero_()  # control words, pad and descriptors
         buf[lamport:].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
         self.buf, self.ws, self.deltas, self._release = buf, buf.data_ptr(), deltas, release
         self.mc_ws = 0

@@ -19,7 +19,7 @@ from .. import errors
 from ..memory.hostmapped import HostMappedWords
 from ..memory.interop import torch_stream
 from ..memory.runtime import on_finalize
-from . import calls, compression
+from . import calls, compression, signature
 from . import plan as planning
 from .calls import Call
 from .channel import Channel
@@ -28,8 +28,8 @@ from .work import SideStreams, overlappable
 
 __all__ = ["CommOptions", "Communicator", "default", "close_default", "launch_local", "OPS", "OP_IDS"]
 
-#: op ids the kernels write into the error record
-OPS = {1: "barrier", 2: "all_reduce", 3: "reduce_scatter", 4: "all_gather", 5: "fused_allreduce_rmsnorm"}
+#: op ids the kernels write into the error record (and the call descriptors: signature.py)
+OPS = signature.OPS
 OP_IDS = {v: k for k, v in OPS.items()}
 
 
@@ -49,12 +49,17 @@ class CommOptions:
         Use the NVLink-multicast (multimem) kernels for two-shot ops where a multicast object
         exists (needs ``init(multicast=True)``; refused, falling back to P2P, when
         NVSHMEM_DISABLE_NVLS is set).
+    call_signature : bool
+        Compare every call with the peers' in the kernels' handshake (``collectives/signature.py``,
+        docs/reliability.md): ranks calling different ops, shapes, dtypes, algorithms or CTA counts
+        on a channel raise ``CallMismatchError`` at once. Off only to measure what it costs.
     """
 
     timeout_s: float = 30.0
     channels: int = 2
     initial_bytes: int = 1 << 20
     multicast: bool = False
+    call_signature: bool = True
 
     def __post_init__(self):
         if not self.timeout_s > 0:
@@ -93,7 +98,7 @@ class Communicator:
         self.options = CommOptions.of(options)
         self._fabric = NvshmemFabric() if fabric is None else fabric
         self.rank, self.world, self.device_id = self._fabric.rank, self._fabric.world, self._fabric.device_id
-        self._err = HostMappedWords(4)
+        self._err = HostMappedWords(signature.RECORD_WORDS)
         self._channels = [self._fabric.new_channel(self.options.initial_bytes, i) for i in range(self.options.channels)]
         self._broken = None
         self._side_streams = SideStreams(self.device_id)  # async ops: one high-priority stream per channel
@@ -177,11 +182,11 @@ class Communicator:
 
     # ---- errors ---------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise PeerTimeoutError if a kernel reported a timed-out wait (non-blocking read)."""
+        """Raise PeerTimeoutError if a kernel reported a timed-out wait, CallMismatchError if a
+        peer's kernel was in a different call (non-blocking read of the error record)."""
         w = self._err.words
         if w is not None and w[0]:
-            exc = errors.PeerTimeoutError(OPS.get(int(w[1]), f"op{int(w[1])}"), int(w[2]), int(w[3]),
-                                          self.options.timeout_s)
+            exc = record_error(w, self.rank, self.options.timeout_s)
             self._broken = exc
             raise exc
 
@@ -199,7 +204,7 @@ class Communicator:
         if self._channels is None:
             raise errors.WeaveError(f"{op}: communicator is closed")
         if self._broken is not None:
-            raise errors.WeaveError(f"{op}: communicator is broken by an earlier timeout ({self._broken})")
+            raise errors.WeaveError(f"{op}: communicator is broken by an earlier failure ({self._broken})")
         self.check()
 
     # ---- validate -> plan -> launch ----------------------------------------------------------
@@ -278,7 +283,7 @@ class Communicator:
                 self.reserve(need, call.channel)  # grows collectively
             values = self._values(call, p, o, res)
             if spec.channel:
-                values.update(self._common(self._channels[call.channel], call))
+                values.update(self._common(self._channels[call.channel], call, p))
             kernel = self._fabric.kernels.kernel(spec, p.dtype or None, self.world, p.variant)
             self._fabric.launch(call.stream, p.grid, p.block, kernel, spec.pack(self.world, values), p.smem)
         if call.op == "fused_allreduce_rmsnorm":
@@ -309,11 +314,13 @@ class Communicator:
             values["mc_ws"] = self._channels[call.channel].mc_ws
         return values
 
-    def _common(self, ch: Channel, call: Call) -> dict:
-        """The channel block of a launch (common_params.ptxinc)."""
+    def _common(self, ch: Channel, call: Call, p: planning.Launch) -> dict:
+        """The channel block of a launch (common_params.ptxinc), the call signature included."""
         t = self.options.timeout_s if call.timeout_s is None else call.timeout_s
+        words = call_words(call, p)
+        sig = signature.signature(words) if self.options.call_signature else 0
         return {**ch.values(), "rank": self.rank, "timeout": int(t * 1e9), "err": self._err.device_ptr,
-                "opid": OP_IDS[call.op]}
+                "opid": OP_IDS[call.op], "sig": sig, "call0": words[0], "call1": words[1], "call2": words[2]}
 
     # ---- ops ------------------------------------------------------------------------------
     def barrier(self, *, channel: int = 0, timeout: float | None = None, stream=None) -> None:
@@ -448,6 +455,25 @@ class Communicator:
                               algorithm=algorithm, ctas=ctas, out=out, channel=channel, stream=stream,
                               compression=compression)
         return self._run(call, self._plan(call))
+
+
+def call_words(call: Call, p: planning.Launch) -> tuple:
+    """The descriptor words ``(call0, call1, call2)`` of launching ``p`` for ``call``."""
+    if call.op == "fused_allreduce_rmsnorm":
+        sizes = tuple(call.x.shape)
+    else:
+        sizes = () if call.op == "barrier" else (call.numel,)
+    return signature.encode(call.op, p.algorithm, p.dtype, p.transport, call.channel, p.flags, p.grid,
+                            sizes).words()
+
+
+def record_error(words, rank: int, timeout_s: float) -> errors.WeaveError:
+    """The exception an error record (``signature.RECORD_WORDS`` u32) of ``rank`` reports."""
+    if int(words[0]) == signature.MISMATCH:
+        f = signature.decode_record(words, rank)
+        return errors.CallMismatchError(rank, f["peer"], f["mine"], f["theirs"], f["cta"])
+    return errors.PeerTimeoutError(OPS.get(int(words[1]), f"op{int(words[1])}"), int(words[2]), int(words[3]),
+                                   timeout_s)
 
 
 def launch_local(comm: Communicator, x, residual, weight, eps: float = 1e-6, *, shape: str, out=None,

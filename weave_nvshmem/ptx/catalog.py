@@ -20,8 +20,11 @@ MAX_WORLD = 8
 MAX_CTAS = 128
 #: workspace layout of one channel: control words, signal pad, then data buffers
 PAD_OFF = 256
-DATA_OFF = 8192
-assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DATA_OFF
+#: the call descriptors the barrier handshake publishes (barrier.ptxinc): u32[MAX_CTAS][MAX_WORLD][8]
+DESC_OFF = 8192
+DESC_BYTES = 32
+DATA_OFF = DESC_OFF + MAX_CTAS * MAX_WORLD * DESC_BYTES
+assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DESC_OFF
 #: bytes of one Lamport slot (allreduce.ptx "lamport": inputs up to this size); a channel holds
 #: 3 buffers x world slots after its staging/result buffers
 LAMPORT_SLOT = 512 * 1024
@@ -43,7 +46,7 @@ def params(dtype: str | None, world: int) -> dict:
     p = {"WORLD": world, "MAX_WORLD": MAX_WORLD, "MAX_CTAS": MAX_CTAS,
          # vectors each thread keeps in flight per peer/segment: ~16 loads in flight whatever WORLD
          "UNROLL": min(4, max(1, 16 // world)),
-         "PAD_OFF": PAD_OFF, "DATA_OFF": DATA_OFF, "LSLOT": LAMPORT_SLOT, "DTYPE": dtype or "none"}
+         "PAD_OFF": PAD_OFF, "DESC_OFF": DESC_OFF, "DESC_BYTES": DESC_BYTES, "DATA_OFF": DATA_OFF, "LSLOT": LAMPORT_SLOT, "DTYPE": dtype or "none"}
     if dtype is not None:
         if dtype not in VEC_ELEMS:
             raise ValueError(f"unsupported PTX dtype {dtype!r}; expected one of {DTYPES}")

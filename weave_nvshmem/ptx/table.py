@@ -91,7 +91,7 @@ NP_TYPES = {"u64": np.uint64, "u32": np.uint32, "s64": np.int64, "f32": np.float
 
 #: common_params.ptxinc: the channel block every channel kernel ends with (then p_dl0..p_dl{W-1})
 CHANNEL_PARAMS = (("ws", "u64"), ("cap", "u64"), ("rank", "u32"), ("timeout", "u64"), ("err", "u64"),
-                  ("opid", "u32"))
+                  ("opid", "u32"), ("sig", "u32"), ("call0", "u32"), ("call1", "u32"), ("call2", "u32"))
 
 _AR = (("out", "u64"), ("inp", "u64"), ("nelem", "u64"), ("flags", "u32"))
 _FUSED = (("out", "u64"), ("res", "u64"), ("inp", "u64"), ("weight", "u64"), ("rows", "u64"), ("hidden", "u32"),

@@ -248,12 +248,25 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=SCRIPT, description="Randomised collective calls on emulated ranks (one GPU), "
                                  "checked against the references and across ranks.")
     ap.add_argument("--world", type=int, nargs="+", default=[2, 4, 8], help="world sizes, 2..8 (default 2 4 8)")
-    ap.add_argument("--calls", type=int, default=1000, help="calls per world size (default 1000)")
+    ap.add_argument("--calls", type=int, default=10000, help="calls per world size (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     ap.add_argument("--only", type=int, metavar="K", help="run call K alone (what a failure's reproducer does)")
-    ap.add_argument("--log", metavar="FILE", help="also write failures and the summary to FILE")
+    ap.add_argument("--out", "--log", dest="out", metavar="FILE",
+                    help="also write the header, failures, progress and the summary to FILE")
+    ap.add_argument("--budget-s", type=float, metavar="S",
+                    help="stop in time: at most S seconds in all, shared evenly by the world sizes not yet run")
     ap.add_argument("--timeout", type=float, default=10.0, help="CommOptions.timeout_s of the world (default 10)")
     return ap
+
+
+def world_deadline(start: float, now: float, budget_s: float | None, worlds_left: int) -> float | None:
+    """When the next world size's calls must stop (``time.perf_counter`` seconds): an even share of
+    what is left of ``budget_s`` (counted from ``start``) for each of the ``worlds_left`` world
+    sizes still to run, this one included; None without a budget."""
+    if budget_s is None:
+        return None
+    left = max(0.0, start + budget_s - now)
+    return now + left / max(1, worlds_left)
 
 
 def parse_reproducer(line: str) -> tuple:
