@@ -10,8 +10,8 @@ sets, else a default Communicator created on first use. ``torch.ops.weave_nvshme
 by ``weave_nvshmem.collectives.ops``) are the same ops for torch.compile and CUDA graphs.
 """
 from .collectives import CommOptions, Communicator, owned_rows
-from .errors import (CallMismatchError, CudaError, HeapExhaustedError, MissingDependencyError, MulticastUnavailable, NoCudaDeviceError,
-                     NotInitializedError, PeersUnavailableError, PeerTimeoutError, UnsupportedDeviceError, WeaveError)
+from .errors import (CallMismatchError, CudaError, HeapExhaustedError, MissingDependencyError, MulticastUnavailable,
+                     NoCudaDeviceError, NotInitializedError, PeersUnavailableError, PeerTimeoutError, UnsupportedDeviceError, WeaveError)
 from .memory import (as_cupy, empty, finalize, free, init, is_initialized, is_symmetric, multicast_unavailable_reason,
                      multicast_view, peer_view, session, zeros)
 
