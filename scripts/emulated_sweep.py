@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts: see emulated.py
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # no lazy load inside world.run: see emulated.py
 
 HIDDEN = 8192
 CTAS = (2, 4, 8, 16, 32, 64, 128)

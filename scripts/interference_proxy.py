@@ -24,6 +24,7 @@ import statistics
 from pathlib import Path
 
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts: see emulated.py
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # no lazy load inside world.run: see emulated.py
 
 WORLD = 4
 GEMM = (4096, 8192, 14336)

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts: see collectives/emulated.py
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # no lazy load inside world.run: see emulated.py
 
 HIDDEN = 8192
 TOKENS = (1, 2, 4, 8, 16)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts: see emulated.py
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # no lazy load inside world.run: see emulated.py
 
 WORLD, HIDDEN = 4, 8192
 TOKENS = (1024, 8192)

@@ -5,6 +5,9 @@ with the reference (weave_nvshmem.testing) and with the other ranks' bits."""
 import os
 
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # one hardware queue per stream (emulated.py)
+# load every kernel when the context starts: a lazy load waits for the device, so a compute kernel
+# first launched while another rank's collective spins would stall until the wait times out
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -23,6 +26,7 @@ def emu(request):
     world = emulated_world(request.param, STAGING, options=CommOptions(timeout_s=10.0), extra_bytes=STAGING)
     yield world
     world.close()
+    torch.cuda.empty_cache()  # the next world size (or test module) gets the arena memory back
 
 
 def finish(world):

@@ -20,9 +20,9 @@ def op_args(emu, op, dtype, seed=3):
     if op == "all_gather":
         return [((x[:rows].contiguous(),), {}) for x in xs]
     if op == "fused_allreduce_rmsnorm":
-        res = rank_inputs(seed + 1, w, (w * rows, hidden), dtype)
+        res = rank_inputs(seed + 1, 1, (w * rows, hidden), dtype)[0]  # replicated: the same on every rank
         weight = rank_inputs(seed + 2, 1, (hidden,), dtype)[0]
-        return [((x, res[r], weight, EPS), {}) for r, x in enumerate(xs)]
+        return [((x, res.clone(), weight, EPS), {}) for x in xs]
     return [((x,), {}) for x in xs]
 
 

@@ -14,6 +14,10 @@ must be resident at once; a launch that could not be is refused with a ValueErro
 They must also run at once: give CUDA one hardware queue per stream in use
 (``CUDA_DEVICE_MAX_CONNECTIONS=32`` before CUDA starts), so no rank's kernel waits in a queue behind
 work that waits on another rank.
+Any other kernel ``fn`` launches inside ``run`` must already be loaded: CUDA loads modules lazily
+and a load waits for the device, so a compute kernel first launched while another rank's collective
+spins stalls until the wait times out. Set ``CUDA_MODULE_LOADING=EAGER`` before CUDA starts (the
+emulated tests do), or run the compute once outside ``run`` first.
 """
 from __future__ import annotations
 
