@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# before anything starts CUDA (the check below does): load every kernel when a context starts. An
+# emulated world's ranks share one GPU, and a lazy module load waits for the device, so a compute
+# kernel first launched while another virtual rank's collective spins would stall until the wait
+# times out (collectives/emulated.py).
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")
+
 #: the suites that need a CUDA device
 GPU_SUITES = ("gpu", "emulated")
 

@@ -75,7 +75,8 @@ def test_all_reduce_in_place(emu, zero_copy):
 def test_reduce_scatter_and_all_gather(emu, dtype, rows, hidden):
     dt, w = DTYPES[dtype], emu.world
     xs = rank_inputs(rows * 31 + hidden, w, (w * rows, hidden), dt)
-    sym = symmetric(emu, xs)
+    # zero copy where the symmetric copy fits beside the channels (not 1000 x 8192 fp32 at 8 ranks)
+    sym = symmetric(emu, xs) if xs[0].numel() * xs[0].element_size() <= STAGING else xs
     chunks = [x[:rows] for x in xs]
     gathered = reference_all_gather(chunks)
     for ctas in CTAS:
@@ -93,7 +94,8 @@ def test_reduce_scatter_and_all_gather(emu, dtype, rows, hidden):
             assert check_close(rs[r], reference_reduce_scatter(xs, r)) == []
             assert same_bits([rs_tw[r], rs[r], rs_zc[r]])  # twoshot's bits, staged and zero copy
             assert torch.equal(ag[r], gathered)
-    emu.free(sym)
+    if sym is not xs:
+        emu.free(sym)
 
 
 def test_cuda_graph_replays(emu):
@@ -159,8 +161,8 @@ def test_back_to_back_calls_are_deterministic(emu):
                 continue
             xs = rank_inputs(900 + i, w, shape, dt)
             sym = symmetric(emu, xs)
-            first_ar = emu.run(lambda r, c: c.all_reduce(xs[r], algorithm="twoshot"))
-            first_rs = emu.run(lambda r, c: c.reduce_scatter(xs[r], algorithm="twoshot")) \
+            first_ar = emu.run(lambda r, c: c.all_reduce(xs[r], algorithm="twoshot", ctas=fit(emu, None)))
+            first_rs = emu.run(lambda r, c: c.reduce_scatter(xs[r], algorithm="twoshot", ctas=fit(emu, None))) \
                 if (shape[0] // w) * (xs[0].numel() // shape[0]) * xs[0].element_size() % 16 == 0 else None
             cases.append((xs, sym, first_ar, first_rs))
     finish(emu)
