@@ -10,9 +10,9 @@ kernel / SM-footprint figures, never link figures.
     python scripts/transport_footprint.py [--out DIR] [--quick]
     python scripts/transport_footprint.py --replot DIR/transport-footprint-<device>.json   # no GPU
 
-EmulatedWorld(4); all_reduce (pull, twoshot) and the fused op (twoshot; the fused pull kernel is
-not written yet) at 1024 and 8192 tokens x hidden 8192 bf16, zero copy and staged, 2/4/8/16/32
-CTAs per rank. Timed by the public harness: a CUDA graph of STEPS calls on SETS input sets per
+EmulatedWorld(4); all_reduce and the fused op (replicated residual), each pull (pull.ptx,
+fused_pull.ptx) and twoshot, at 1024 and 8192 tokens x hidden 8192 bf16, zero copy and staged,
+2/4/8/16/32 CTAs per rank. Timed by the public harness: a CUDA graph of STEPS calls on SETS input sets per
 rank, inputs regenerated and L2 evicted before every replay, median of REPLAYS. < 120 s on one H200.
 """
 from __future__ import annotations
@@ -28,14 +28,14 @@ os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # no lazy load inside wor
 WORLD, HIDDEN = 4, 8192
 TOKENS = (1024, 8192)
 CTAS = (2, 4, 8, 16, 32)
-#: (op, algorithm) rows; the fused op has no pull kernel yet
-CASES = (("all_reduce", "pull"), ("all_reduce", "twoshot"), ("fused", "twoshot"))
+#: (op, algorithm) rows ("fused": fused_allreduce_rmsnorm, replicated residual)
+CASES = (("all_reduce", "pull"), ("all_reduce", "twoshot"), ("fused", "pull"), ("fused", "twoshot"))
 STEPS, SETS, REPLAYS = 4, 2, 10
 #: per-SM rates on one H200 (scripts/sm_bandwidth_probe.py and the project's earlier measurements)
 RATES_GB_S = {"read_tma": 199.0, "read_vector": 128.0, "write": 48.0}
 
 
-def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int) -> dict:
+def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int, sharded: bool = False) -> dict:
     """Bytes one rank's SMs read and write per call for an input of ``n`` bytes at ``w`` ranks.
 
     all_reduce, both algorithms (segments of n/w):
@@ -44,16 +44,19 @@ def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int) -> dict:
       staged (not zero copy): + a copy of the w-1 other segments of x -- pull: into our own
       staging (local read + local write), twoshot: pushed into the owners' staging (local read,
       REMOTE write): (w-1)n/w read, (w-1)n/w written.
-    fused (twoshot, replicated residual, residual given): all_reduce's reduce reads plus the own
-    residual rows n/w; writes residual + result + out of the own rows: 3n/w, s re-read n/w; gather:
-    pulls s (w-1)n/w, re-reads it (w-1)n/w, writes residual and out 2(w-1)n/w.
+    fused, both algorithms (residual given; pull and twoshot move the same bytes): all_reduce's
+    reduce reads plus the own residual rows n/w; writes residual + result + out of the own rows:
+    3n/w, s re-read n/w. Gather, replicated residual: pulls s (w-1)n/w, re-reads it (w-1)n/w,
+    writes residual and out 2(w-1)n/w; sharded (``sharded``): pulls the out rows (w-1)n/w and
+    writes them to out (w-1)n/w.
     ``remote_write``: bytes of the writes that go to a peer (pull: none).
     """
     seg, other = n / w, (w - 1) * n / w
     if op == "all_reduce":
         read, written = n + other, 2 * seg + other
     else:
-        read, written = n + seg + seg + other + other, 3 * seg + 2 * other
+        gather = 1 if sharded else 2
+        read, written = n + seg + seg + gather * other, 3 * seg + gather * other
     remote = 0.0
     if not zero_copy:
         read, written = read + other, written + other

@@ -43,6 +43,13 @@ def test_transport_footprint_traffic_and_table():
     staged = fp.traffic("all_reduce", "pull", False, n, w)
     assert staged["written"] == 2 * n and staged["remote_write"] == 0.0  # the copy into our own staging
     assert fp.traffic("all_reduce", "twoshot", False, n, w)["remote_write"] == 3 * n / 4  # pushed to peers
+    assert ("fused", "pull") in fp.CASES and ("fused", "twoshot") in fp.CASES
+    rep = fp.traffic("fused", "pull", True, n, w)
+    assert rep == {"read": n + 2 * n / 4 + 2 * 3 * n / 4, "written": 3 * n / 4 + 2 * 3 * n / 4, "remote_write": 0.0}
+    shard = fp.traffic("fused", "pull", True, n, w, sharded=True)
+    assert shard == {"read": n + 2 * n / 4 + 3 * n / 4, "written": 3 * n / 4 + 3 * n / 4, "remote_write": 0.0}
+    assert fp.traffic("fused", "pull", False, n, w)["remote_write"] == 0.0  # copied into our own staging
+    assert fp.traffic("fused", "twoshot", False, n, w)["remote_write"] == 3 * n / 4
     row = {"op": "all_reduce", "algorithm": "pull", "zero_copy": True, "tokens": 8192, "ctas": 8, "us": 500.0,
            "cta_us": 4000.0, "read_per_sm_MB": 19.9, "written_per_sm_MB": 4.8, "remote_written_per_sm_MB": 0.0}
     doc = {"device": "NVIDIA H200", "git_commit": "abc", "world": 4, "dtype": "bfloat16", "hidden": 8192,

@@ -120,11 +120,15 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
                 continue
             p = plan_fused(rows, hidden, dtype, world, algorithm)
             assert p == plan_fused(rows, hidden, dtype, world, algorithm)
-            assert p.algorithm in ("lamport", "oneshot", "twoshot", "local")
+            assert p.algorithm in ("lamport", "oneshot", "twoshot", "local", "pull")
             assert (p.algorithm == "local") == (world == 1 and algorithm in ("auto", "local"))
             if algorithm != "auto":
                 assert p.algorithm == algorithm
-            assert p.smem == 0 and p.reason
+            assert p.smem == (plan.table.PULL_SMEM if p.algorithm == "pull" else 0) and p.reason
+            if p.algorithm == "pull":  # fused_pull.ptx: 512 threads, one CTA per own row, at most PULL_CTAS
+                assert p.block == 512 and p.grid == max(1, min(plan.PULL_CTAS, -(-rows // world)))
+                assert p.entry == f"wn_fused_pull_{dtype}_w{world}" and "fused_pull.ptx" in p.reason
+                continue
             if p.algorithm == "local":  # world 1: one CTA per row, the one-row block
                 assert p.grid == max(1, rows) and (p.block, p.vpt) == fused_block(hidden, dtype)
                 assert p.entry == f"wn_fused_local_{dtype}_{plan.LOCAL_SHAPE}_v{p.vpt}"
@@ -427,6 +431,57 @@ def test_auto_does_not_pick_pull():
             assert plan_all_reduce(nelem, "bf16", world, ctas=4, zero_copy=True).algorithm != "pull"
         for op in ("reduce_scatter", "all_gather"):
             assert plan.plan_scatter_gather(op, 1 << 20, "bf16", world).algorithm == "twoshot"
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_fused_pull_is_selectable_by_name_on_few_ctas(world):
+    """fused_pull.ptx by name: every flag honoured, one CTA per own row up to PULL_CTAS, any grid
+    when asked for."""
+    assert "pull" in plan.FUSED_ALGORITHMS
+    for rows, grid in ((1, 1), (7, min(8, -(-7 // world))), (1000, 8), (8191, 8)):
+        for sharded, residual, zero_copy in ((False, True, False), (True, True, True), (False, False, True),
+                                             (True, False, False)):
+            p = plan_fused(rows, 8192, "bf16", world, "pull", sharded=sharded, residual=residual,
+                           zero_copy=zero_copy)
+            assert p.kernel is plan.table.spec("fused_allreduce_rmsnorm", "pull") and p.transport == "p2p"
+            assert p.entry == f"wn_fused_pull_bf16_w{world}" and (p.block, p.grid) == (512, grid)
+            assert p.smem == plan.table.PULL_SMEM and "algorithm='pull' given" in p.reason
+            want = table.FusedFlags.NONE
+            for on, bit in ((sharded, table.FusedFlags.SHARDED), (residual, table.FusedFlags.RESIDUAL),
+                            (zero_copy, table.FusedFlags.ZERO_COPY)):
+                want |= bit if on else table.FusedFlags.NONE
+            assert p.flags == want
+    for ctas in (1, 2, 8, 32, MAX_CTAS):
+        q = plan_fused(1000, 4096, "f32", world, "pull", ctas, True)
+        assert q.grid == ctas and "ctas given" in q.reason
+
+
+def test_fused_pull_stage_fits_three_stages_of_shared_memory():
+    """fused_pull.ptx's column chunk is pull_chunk_vectors(world): W of them fill one 64 KB stage."""
+    from weave_nvshmem.ptx import catalog
+
+    for world in range(1, catalog.MAX_WORLD + 1):
+        text = catalog.render("fused_pull.ptx", "bf16", world)
+        chv = plan.pull_chunk_vectors(world)
+        assert f"min.u32 %n, %n, {chv};" in text and f"mad.lo.u32 %sst, %st, {64 * 1024}, %sbuf;" in text
+        assert 3 * 64 * 1024 == plan.table.PULL_SMEM
+
+
+def test_auto_never_picks_fused_pull(monkeypatch):
+    """Not by rule, and not from a tuning row naming it."""
+    seen = []
+
+    def pick(op, world, nbytes, allowed):
+        seen.append(allowed)
+        return None
+
+    monkeypatch.setattr(plan.tuning, "pick", pick)
+    for world in (2, 4, 8):
+        for rows in (1, 64, 1000, 8191):
+            for sharded in (False, True):
+                p = plan_fused(rows, 8192, "bf16", world, sharded=sharded, zero_copy=True, ctas=4)
+                assert p.algorithm != "pull"
+    assert seen and all("pull" not in a for a in seen)
 
 
 def test_scatter_gather_refuses_unknown_algorithms():

@@ -1,4 +1,4 @@
-"""pull.ptx without a GPU: every store goes to a local address (no register derived from a peer
+"""pull.ptx and fused_pull.ptx without a GPU: every store goes to a local address (no register derived from a peer
 delta ``%dl<p>`` ever addresses a store), peers are only read by bulk loads, and the header states
 the launch shape and the sync protocol."""
 import re
@@ -31,8 +31,9 @@ def _peer_derived(text: str) -> set:
 
 @pytest.mark.parametrize("world", catalog.TEST_WORLDS)
 @pytest.mark.parametrize("dtype", catalog.DTYPES)
-def test_pull_stores_only_locally_and_reads_peers_by_bulk_loads(world, dtype):
-    text = re.sub(r"//[^\n]*", "", catalog.render("pull.ptx", dtype, world))
+@pytest.mark.parametrize("kernel", ["pull.ptx", "fused_pull.ptx"])
+def test_pull_stores_only_locally_and_reads_peers_by_bulk_loads(kernel, world, dtype):
+    text = re.sub(r"//[^\n]*", "", catalog.render(kernel, dtype, world))
     body = text.split("WN_BAR_JOIN_0:")[1] if "WN_BAR_JOIN_0:" in text else text
     tainted = _peer_derived(text)
     for _, op, args in _INSN.findall(body):
@@ -53,3 +54,11 @@ def test_pull_header_states_shape_and_protocol():
                   "192 KB of dynamic shared memory", "zero copy"):
         assert words in head
     assert plan.table.PULL_SMEM == 192 * 1024
+
+
+def test_fused_pull_header_states_shape_and_protocol():
+    head = (catalog.KERNEL_DIR / "fused_pull.ptx").read_text().split(".version")[0]
+    for words in ("Launch shape", "Sync protocol", "mbarrier", "bounded by %timeout", "rank order",
+                  "192 KB of dynamic shared memory", "zero copy", "column chunks", "Same bits",
+                  "grouprstd.ptxinc", "replicated", "sharded"):
+        assert words in head

@@ -422,7 +422,7 @@ class Communicator:
         x : torch.Tensor or CuPy array
             ``[T, H]`` bf16/fp16/fp32, H % 8 == 0 (fp32: H % 4), contiguous. A symmetric ``x`` (the
             same tensor on every rank, e.g. a GEMM's output buffer from ``weave_nvshmem.empty``)
-            is read by the peers in place by the two-shot kernel (zero copy).
+            is read by the peers in place by the two-shot and pull kernels (zero copy).
         residual : same type, ``[T, H]`` same dtype, or None
             Updated in place, so it must not overlap ``x``, ``weight`` or ``out`` (ValueError);
             None (first layer): a new residual holding ``all_reduce(x)`` is returned.
@@ -434,8 +434,9 @@ class Communicator:
             writes only rows ``owned_rows(T, r, world)`` = [T*r//W, T*(r+1)//W); other rows of
             residual are left untouched).
         algorithm : str
-            ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"``, or ``"local"`` (world 1 only;
-            what ``auto`` runs there).
+            ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"``, ``"pull"`` (twoshot's bits on
+            few CTAs, TMA bulk loads from the peers, docs/transport.md; never picked by ``auto``),
+            or ``"local"`` (world 1 only; what ``auto`` runs there).
         ctas, out, channel, stream
             As in ``all_reduce``; ``out`` is ``[T, H]`` and must not overlap ``x``, ``residual``
             or ``weight`` (ValueError). Only ``x`` and ``weight``, both read-only, may share bytes.

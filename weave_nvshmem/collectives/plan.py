@@ -397,7 +397,8 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
     dtype, world, ctas, zero_copy, multicast
         As in ``plan_all_reduce``.
     algorithm : str
-        One of ``FUSED_ALGORITHMS`` (``"local"`` only at world 1, where ``auto`` picks it).
+        One of ``FUSED_ALGORITHMS`` (``"local"`` only at world 1, where ``auto`` picks it;
+        ``"pull"``, fused_pull.ptx, only by name: twoshot's bits on at most ``PULL_CTAS`` CTAs).
     sharded : bool
         Sharded residual (the one-shot kernels need every residual row: two-shot or local).
     residual : bool
@@ -424,7 +425,9 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
     reason = f"algorithm={algorithm!r} given"
     user_ctas = ctas
     if algorithm == "auto":
-        tuned = None if world == 1 else tuning.pick(op, world, nbytes, FUSED_ALGORITHMS[1:])
+        # auto never picks "pull" (PULL_CTAS: its footprint figures are not measured yet)
+        tuned = None if world == 1 else tuning.pick(op, world, nbytes, tuple(a for a in FUSED_ALGORITHMS[1:]
+                                                                              if a != "pull"))
         if world == 1:
             algorithm, reason = "local", "world 1: the single-pass local kernel (no channel, no barrier)"
         elif (tuned and tuned.algorithm != "local" and not (sharded and tuned.algorithm in ("oneshot", "lamport"))
@@ -456,6 +459,10 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         why = f"grid: one CTA per own row, at most {FUSED_TWOSHOT_CTAS}"
         kw["group"] = row_group(-(-per_rank_rows // (ctas or default)))
         transport = "multicast" if multicast else "p2p"
+    elif algorithm == "pull":
+        default = max(1, min(PULL_CTAS, -(-rows // world)))
+        why = f"grid: one CTA per own row, at most {PULL_CTAS} (the pull kernel, fused_pull.ptx)"
+        transport = "p2p"
     else:  # one row per block at a time
         default, why = max(1, min(16, rows)), "grid: one CTA per row, at most 16"
         transport = "p2p"

@@ -183,7 +183,7 @@ class KernelSpec:
         return tuple(NP_TYPES[t](values[n]) for n, t in names)
 
 
-#: pull.ptx's dynamic shared memory: 3 pipeline stages of up to 64 KB (WORLD chunks each)
+#: pull.ptx's and fused_pull.ptx's dynamic shared memory: 3 pipeline stages of up to 64 KB
 PULL_SMEM = 3 * 64 * 1024
 _ONE_ROW_VPT = (("vpt",), ((1,), (2,), (4,), (8,)))
 #: fused_local.ptx's block shapes per VPT: "b" (the one-row block: a thread per column group), and
@@ -232,6 +232,11 @@ KERNELS: tuple = (
       for op, flags in (("all_reduce", AllReduceFlags.ZERO_COPY),
                         ("reduce_scatter", AllReduceFlags.REDUCE_SCATTER | AllReduceFlags.ZERO_COPY),
                         ("all_gather", AllReduceFlags.ALL_GATHER))),
+    # the fused AllReduce + residual + RMSNorm on the pull transport (fused_pull.ptx): fused_twoshot's
+    # bits, pull.ptx's data movement (rows streamed through the same 3 stages in column chunks)
+    KernelSpec("fused_allreduce_rmsnorm", "pull", "p2p", "fused_pull.ptx", "wn_fused_pull_{dtype}_w{world}",
+               _FUSED + (("vthreads", "u32"),), FusedFlags.SHARDED | FusedFlags.RESIDUAL | FusedFlags.ZERO_COPY,
+               512, smem=PULL_SMEM),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}
