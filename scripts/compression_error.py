@@ -178,8 +178,10 @@ def main(argv=None) -> int:
                 e["rank_identical"] = all(torch.equal(o, outs[0]) for o in outs)
                 rows[name(spec)] = e
             report["data"][data] = rows
+            print(f"{data}: {len(rows)} formats done ({time.time() - t0:.0f} s)", flush=True)
         ref_res, ref_out = stand_in_model(backend, None, w, t, hdim, args.layers, seed=3, ref=True)
         base_res, base_out = stand_in_model(backend, None, w, t, hdim, args.layers, seed=3)
+        print(f"stand-in model references done ({time.time() - t0:.0f} s)", flush=True)
         for spec in SPECS:
             res, out = stand_in_model(backend, spec, w, t, hdim, args.layers, seed=3)
             report["model"][name(spec)] = {

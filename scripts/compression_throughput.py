@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     max_bytes = max(args.tokens) * HIDDEN * 2
     ctas = min(args.ctas, 128 // w)
-    emu = EmulatedWorld(w, arena_bytes=workspace_bytes(w, max_bytes) + (16 << 20),
+    emu = EmulatedWorld(w, arena_bytes=workspace_bytes(w, max_bytes) + (64 << 20),
                         options={"channels": 1, "timeout_s": 20.0})
     emu.reserve(max_bytes)
     rows = []

@@ -39,6 +39,8 @@ def test_pull_stores_only_locally_and_reads_peers_by_bulk_loads(kernel, world, d
     for _, op, args in _INSN.findall(body):
         if op.startswith("st.") and not op.startswith("st.shared"):
             addr = re.search(r"\[(%\w+)", args).group(1)
+            if addr == "%bsend":  # barrier.ptxinc's signal word to the peer: the handshake, not data
+                continue
             assert addr not in tainted, f"{op} {args}: a store through a peer address"
         if op.startswith("ld.global"):
             addr = re.search(r"\[(%\w+)", args).group(1)
