@@ -33,6 +33,11 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _async(async_op: bool) -> dict:
+    """``async_op`` only when set (a communicator without async ops still takes the call)."""
+    return {"async_op": True} if async_op else {}
+
+
 def _comm():
     from .collectives import ops
 
@@ -40,7 +45,7 @@ def _comm():
 
 
 def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
-               compression=None):
+               compression=None, async_op: bool = False, after=None):
     """Sum ``x`` over all ranks, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -67,6 +72,13 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
         ``weave_nvshmem.collectives.compression.CompressionSpec``; docs/compression.md). None:
         uncompressed.
 
+    async_op : bool
+        True: enqueue the op on the channel's high-priority side stream and return a ``Work``
+        handle (``weave_nvshmem.collectives.work``); ``work.wait()`` orders the caller's stream
+        after it and gives the outputs. No host synchronisation; graph-capturable.
+    after : torch.cuda.Event or Work, optional
+        With ``async_op``: what the op waits for (default: the caller's stream at call time).
+
     Returns
     -------
     torch.Tensor or cupy.ndarray
@@ -77,11 +89,11 @@ def all_reduce(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
     Communicator.all_reduce
     """
     return _comm().all_reduce(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
-                              **_given(compression=compression))
+                              **_given(compression=compression, after=after), **_async(async_op))
 
 
 def reduce_scatter(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
-                   compression=None):
+                   compression=None, async_op: bool = False, after=None):
     """Sum ``x`` over all ranks and keep this rank's chunk of dim 0, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -107,6 +119,13 @@ def reduce_scatter(x, *, out=None, algorithm: str = "auto", ctas=None, channel: 
         ``weave_nvshmem.collectives.compression.CompressionSpec``; docs/compression.md). None:
         uncompressed.
 
+    async_op : bool
+        True: enqueue the op on the channel's high-priority side stream and return a ``Work``
+        handle (``weave_nvshmem.collectives.work``); ``work.wait()`` orders the caller's stream
+        after it and gives the outputs. No host synchronisation; graph-capturable.
+    after : torch.cuda.Event or Work, optional
+        With ``async_op``: what the op waits for (default: the caller's stream at call time).
+
     Returns
     -------
     torch.Tensor or cupy.ndarray
@@ -117,11 +136,11 @@ def reduce_scatter(x, *, out=None, algorithm: str = "auto", ctas=None, channel: 
     Communicator.reduce_scatter
     """
     return _comm().reduce_scatter(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
-                                  **_given(compression=compression))
+                                  **_given(compression=compression, after=after), **_async(async_op))
 
 
 def all_gather(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int = 0, stream=None,
-               compression=None):
+               compression=None, async_op: bool = False, after=None):
     """Concatenate every rank's ``x`` along dim 0 in rank order, on the current communicator.
 
     Collective: every rank calls it in the same order, with the same shape, dtype and options.
@@ -146,6 +165,13 @@ def all_gather(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
         ``weave_nvshmem.collectives.compression.CompressionSpec``; docs/compression.md). None:
         uncompressed.
 
+    async_op : bool
+        True: enqueue the op on the channel's high-priority side stream and return a ``Work``
+        handle (``weave_nvshmem.collectives.work``); ``work.wait()`` orders the caller's stream
+        after it and gives the outputs. No host synchronisation; graph-capturable.
+    after : torch.cuda.Event or Work, optional
+        With ``async_op``: what the op waits for (default: the caller's stream at call time).
+
     Returns
     -------
     torch.Tensor or cupy.ndarray
@@ -156,12 +182,12 @@ def all_gather(x, *, out=None, algorithm: str = "auto", ctas=None, channel: int 
     Communicator.all_gather
     """
     return _comm().all_gather(x, out=out, algorithm=algorithm, ctas=ctas, channel=channel, stream=stream,
-                              **_given(compression=compression))
+                              **_given(compression=compression, after=after), **_async(async_op))
 
 
 def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_mode: str = "replicated",
                             algorithm: str = "auto", ctas=None, out=None, channel: int = 0, stream=None,
-                            compression=None):
+                            compression=None, async_op: bool = False, after=None):
     """All-reduce, residual add and RMSNorm in one kernel, on the current communicator.
 
     ``s = all_reduce(x) + residual; residual <- s; out = s * rsqrt(mean(s**2, -1) + eps) * weight``.
@@ -197,6 +223,13 @@ def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_
         Blockwise low-bit compression of the traffic (H a multiple of the block;
         docs/compression.md). None: uncompressed.
 
+    async_op : bool
+        True: enqueue the op on the channel's high-priority side stream and return a ``Work``
+        handle (``weave_nvshmem.collectives.work``); ``work.wait()`` orders the caller's stream
+        after it and gives the outputs. No host synchronisation; graph-capturable.
+    after : torch.cuda.Event or Work, optional
+        With ``async_op``: what the op waits for (default: the caller's stream at call time).
+
     Returns
     -------
     out : torch.Tensor or cupy.ndarray
@@ -211,7 +244,7 @@ def fused_allreduce_rmsnorm(x, residual, weight, eps: float = 1e-6, *, residual_
     """
     return _comm().fused_allreduce_rmsnorm(x, residual, weight, eps, residual_mode=residual_mode, algorithm=algorithm,
                                            ctas=ctas, out=out, channel=channel, stream=stream,
-                                           **_given(compression=compression))
+                                           **_given(compression=compression, after=after), **_async(async_op))
 
 
 def barrier(*, channel: int = 0, timeout: float | None = None, stream=None) -> None:
