@@ -73,12 +73,12 @@ def test_all_reduce_in_place(emu, zero_copy):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("rows", [1, 7, 1000])
+@pytest.mark.parametrize("rows", [1, 7, 509])  # 8 x 509 x 8192 fp32 fits the suite's staging
 @pytest.mark.parametrize("hidden", [4096, 8192])
 def test_reduce_scatter_and_all_gather(emu, dtype, rows, hidden):
     dt, w = DTYPES[dtype], emu.world
     xs = rank_inputs(rows * 31 + hidden, w, (w * rows, hidden), dt)
-    # zero copy where the symmetric copy fits beside the channels (not 1000 x 8192 fp32 at 8 ranks)
+    # zero copy where the symmetric copy fits beside the channels
     sym = symmetric(emu, xs) if xs[0].numel() * xs[0].element_size() <= STAGING else xs
     chunks = [x[:rows] for x in xs]
     gathered = reference_all_gather(chunks)
