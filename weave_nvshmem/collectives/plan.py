@@ -43,9 +43,10 @@ SCATTER_GATHER_ALGORITHMS = _named("reduce_scatter")
 assert SCATTER_GATHER_ALGORITHMS == _named("all_gather")
 #: the pull transport (pull.ptx): its default CTA cap. Its point is a small SM footprint (an SM
 #: reads up to ~199 GB/s with TMA bulk loads but writes only ~48 GB/s to peers), so 8 CTAs at most
-#: unless ``ctas`` asks for more. ``auto`` never picks "pull": its GEMM-interference and time
-#: figures (scripts/transport_footprint.py, scripts/interference_proxy.py) are not measured yet,
-#: and auto's rules change only on measurements.
+#: unless ``ctas`` asks for more. ``auto`` never picks "pull": on one H200 (4 emulated ranks,
+#: commit fcd7f3a, bench/transport-footprint-nvidia-h200.md) it was 1.1-1.5x slower than the
+#: zero-copy two-shot at the same CTA count and no lighter on a GEMM beside it; what it saves
+#: (remote writes) shows only over NVLink, which is not measured yet.
 PULL_CTAS = 8
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
@@ -425,7 +426,7 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
     reason = f"algorithm={algorithm!r} given"
     user_ctas = ctas
     if algorithm == "auto":
-        # auto never picks "pull" (PULL_CTAS: its footprint figures are not measured yet)
+        # auto never picks "pull" (PULL_CTAS: slower than twoshot on one GPU; NVLink not measured)
         tuned = None if world == 1 else tuning.pick(op, world, nbytes, tuple(a for a in FUSED_ALGORITHMS[1:]
                                                                               if a != "pull"))
         if world == 1:
