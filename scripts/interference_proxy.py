@@ -18,7 +18,6 @@ over the GEMMs whose window the background covered is compared with the median a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 from pathlib import Path
@@ -135,21 +134,29 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(doc: dict, path):
+    """Bars: the GEMM's slowdown per transport and CTA count."""
+    from weave_nvshmem.bench import report
+
+    got = report.pyplot()
+    if got is None:
+        return None
+    plt, _ = got
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    labels = [f"{r['algorithm']}\n{r['ctas']} CTAs" for r in doc["rows"]]
+    ax.bar(labels, [r["slowdown"] for r in doc["rows"]], color=["C0" if r["algorithm"] == "pull" else "C1"
+                                                              for r in doc["rows"]])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_ylabel("GEMM time beside / alone")
+    m, k, n = doc["gemm"]
+    return report.save_figure(plt, fig, path, f"GEMM {m}x{k}@{k}x{n} beside an all_reduce (emulated ranks), "
+                              f"{doc['device']}, commit {report.commit_of(doc)}")
+
+
 def main(argv=None) -> int:
     from weave_nvshmem.bench import report
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="bench")
-    ap.add_argument("--replot", metavar="JSON", help="rewrite the .md of an earlier run's JSON, no GPU")
-    args = ap.parse_args(argv)
-    if args.replot:
-        doc, out = report.load(args.replot), Path(args.replot).parent
-        doc.setdefault("stem", Path(args.replot).stem)
-    else:
-        doc, out = measure(args), Path(args.out)
-    paths = report.write_outputs(doc, out, markdown=markdown, plot=None, plotted=False)
-    print(Path(paths["md"]).read_text())
-    return 0
+    return report.script_main(argv, __doc__.split("\n")[0], measure, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ rank, inputs regenerated and L2 evicted before every replay, median of REPLAYS. 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -158,22 +157,41 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(doc: dict, path):
+    """Time per call against CTAs per rank, one panel per (op, tokens), a line per algorithm and
+    input kind."""
+    from weave_nvshmem.bench import report
+
+    got = report.pyplot()
+    if got is None:
+        return None
+    plt, _ = got
+    panels = sorted({(r["op"], r["tokens"]) for r in doc["rows"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    for ax, (op, tokens) in zip(axes[0], panels):
+        for alg in ("pull", "twoshot"):
+            for zc in (True, False):
+                rows = sorted((r for r in doc["rows"] if (r["op"], r["tokens"], r["algorithm"], r["zero_copy"])
+                               == (op, tokens, alg, zc)), key=lambda r: r["ctas"])
+                if rows:
+                    ax.plot([r["ctas"] for r in rows], [r["us"] for r in rows], marker="o",
+                            ls="-" if zc else "--", color="C0" if alg == "pull" else "C1",
+                            label=f"{alg}{'' if zc else ' (staged)'}")
+        ax.set_xscale("log", base=2)
+        ax.set(yscale="log", xlabel="CTAs per rank", title=f"{op}, {tokens} tokens")
+        ax.set_xticks([2, 4, 8, 16, 32], labels=["2", "4", "8", "16", "32"])
+        ax.minorticks_off()
+    axes[0][0].set_ylabel("us per call")
+    axes[0][0].legend(fontsize=7)
+    return report.save_figure(plt, fig, path, f"pull vs twoshot, EmulatedWorld({doc['world']}), hidden "
+                              f"{doc['hidden']} {doc['dtype']}, {doc['device']}, commit {report.commit_of(doc)}")
+
+
 def main(argv=None) -> int:
     from weave_nvshmem.bench import report
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="bench")
-    ap.add_argument("--quick", action="store_true", help="1024 tokens only")
-    ap.add_argument("--replot", metavar="JSON", help="rewrite the .md of an earlier run's JSON, no GPU")
-    args = ap.parse_args(argv)
-    if args.replot:
-        doc, out = report.load(args.replot), Path(args.replot).parent
-        doc.setdefault("stem", Path(args.replot).stem)
-    else:
-        doc, out = measure(args), Path(args.out)
-    paths = report.write_outputs(doc, out, markdown=markdown, plot=None, plotted=False)
-    print(Path(paths["md"]).read_text())
-    return 0
+    return report.script_main(argv, __doc__.split("\n")[0], measure, markdown, plot,
+                              [("--quick", {"action": "store_true", "help": "1024 tokens only"})])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 from .cells import EMULATED_NOTE, commit_of, fmt_ratio, fmt_us, pyplot, save_figure, scope_note  # noqa: F401
 
 __all__ = ["EMULATED_NOTE", "commit_of", "fmt_ratio", "fmt_us", "pyplot", "save_figure", "scope_note", "stem",
-           "renderers", "write_outputs", "load", "replot"]
+           "renderers", "write_outputs", "load", "replot", "script_main"]
 
 
 def stem(doc: dict) -> str:
@@ -84,3 +84,28 @@ def replot(files) -> int:
             print(f"{f}: {type(exc).__name__}: {exc}", file=sys.stderr)
             rc = 1
     return rc
+
+
+def script_main(argv, description: str, measure, markdown, plot, options=()) -> int:
+    """The command line of a measurement script: ``--out DIR`` (measure on the GPU, write JSON, md
+    and PNG) or ``--replot JSON`` (redraw an earlier run's md and PNG, no GPU).
+
+    ``measure(args) -> doc``; ``markdown(doc) -> str``; ``plot(doc, path) -> path or None``;
+    ``options``: ``(flag, argparse keywords)`` pairs the script adds.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default="bench")
+    ap.add_argument("--replot", metavar="JSON", help="rewrite the md and PNG of an earlier run's JSON, no GPU")
+    for flag, kwargs in options:
+        ap.add_argument(flag, **kwargs)
+    args = ap.parse_args(argv)
+    if args.replot:
+        doc, out = load(args.replot), Path(args.replot).parent
+        doc.setdefault("stem", Path(args.replot).stem)
+    else:
+        doc, out = measure(args), Path(args.out)
+    paths = write_outputs(doc, out, markdown=markdown, plot=plot)
+    print(Path(paths["md"]).read_text())
+    return 0
