@@ -13,7 +13,8 @@ from weave_nvshmem import errors
 from weave_nvshmem.collectives import communicator as comm_mod
 from weave_nvshmem.collectives import plan, signature
 from weave_nvshmem.collectives.calls import Call
-from weave_nvshmem.collectives.communicator import CommOptions, Communicator, record_error
+from weave_nvshmem.collectives.communicator import CommOptions, Communicator
+from weave_nvshmem.collectives.signature import record_error
 from weave_nvshmem.ptx import catalog, table
 
 
@@ -117,7 +118,7 @@ def test_every_channel_launch_carries_the_signature(on):
     call = Call("all_reduce", "bf16", x, None, x.shape, lambda t: t, None, 1, 4096, "twoshot", 16)
     p = plan.plan_all_reduce(4096, "bf16", 2, "twoshot", 16)
     values = Communicator._common(fake, _FakeChannel(), call, p)
-    words = comm_mod.call_words(call, p)
+    words = signature.call_words(call, p)
     assert (values["call0"], values["call1"], values["call2"]) == words
     assert values["sig"] == (signature.signature(words) if on else 0)
     back = signature.CallDescriptor.from_words(*words)

@@ -186,7 +186,7 @@ class Communicator:
         peer's kernel was in a different call (non-blocking read of the error record)."""
         w = self._err.words
         if w is not None and w[0]:
-            exc = record_error(w, self.rank, self.options.timeout_s)
+            exc = signature.record_error(w, self.rank, self.options.timeout_s)
             self._broken = exc
             raise exc
 
@@ -317,7 +317,7 @@ class Communicator:
     def _common(self, ch: Channel, call: Call, p: planning.Launch) -> dict:
         """The channel block of a launch (common_params.ptxinc), the call signature included."""
         t = self.options.timeout_s if call.timeout_s is None else call.timeout_s
-        words = call_words(call, p)
+        words = signature.call_words(call, p)
         sig = signature.signature(words) if self.options.call_signature else 0
         return {**ch.values(), "rank": self.rank, "timeout": int(t * 1e9), "err": self._err.device_ptr,
                 "opid": OP_IDS[call.op], "sig": sig, "call0": words[0], "call1": words[1], "call2": words[2]}
@@ -456,25 +456,6 @@ class Communicator:
                               algorithm=algorithm, ctas=ctas, out=out, channel=channel, stream=stream,
                               compression=compression)
         return self._run(call, self._plan(call))
-
-
-def call_words(call: Call, p: planning.Launch) -> tuple:
-    """The descriptor words ``(call0, call1, call2)`` of launching ``p`` for ``call``."""
-    if call.op == "fused_allreduce_rmsnorm":
-        sizes = tuple(call.x.shape)
-    else:
-        sizes = () if call.op == "barrier" else (call.numel,)
-    return signature.encode(call.op, p.algorithm, p.dtype, p.transport, call.channel, p.flags, p.grid,
-                            sizes).words()
-
-
-def record_error(words, rank: int, timeout_s: float) -> errors.WeaveError:
-    """The exception an error record (``signature.RECORD_WORDS`` u32) of ``rank`` reports."""
-    if int(words[0]) == signature.MISMATCH:
-        f = signature.decode_record(words, rank)
-        return errors.CallMismatchError(rank, f["peer"], f["mine"], f["theirs"], f["cta"])
-    return errors.PeerTimeoutError(OPS.get(int(words[1]), f"op{int(words[1])}"), int(words[2]), int(words[3]),
-                                   timeout_s)
 
 
 def launch_local(comm: Communicator, x, residual, weight, eps: float = 1e-6, *, shape: str, out=None,

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import CallMismatchError, PeerTimeoutError, WeaveError
 from ..ptx import table
 
-__all__ = ["ALGORITHMS", "DTYPES", "CallDescriptor", "encode", "signature", "describe", "RECORD_WORDS"]
+__all__ = ["ALGORITHMS", "DTYPES", "CallDescriptor", "encode", "signature", "describe", "RECORD_WORDS", "call_words",
+           "record_error"]
 
 #: op ids the kernels write into the error record (the same as ``communicator.OPS``)
 OPS = {1: "barrier", 2: "all_reduce", 3: "reduce_scatter", 4: "all_gather", 5: "fused_allreduce_rmsnorm"}
@@ -155,3 +157,21 @@ def decode_record(record, rank: int) -> dict:
     return {"op": OPS.get(w[1], f"op{w[1]}"), "peer": w[2], "cta": w[3],
             "mine": CallDescriptor.from_words(*w[4:9]), "theirs": CallDescriptor.from_words(*w[9:14]),
             "value": w[14]}
+
+
+def call_words(call, p) -> tuple:
+    """The descriptor words ``(call0, call1, call2)`` of launching ``p`` (a ``plan.Launch``) for
+    ``call`` (a ``calls.Call``)."""
+    if call.op == "fused_allreduce_rmsnorm":
+        sizes = tuple(call.x.shape)
+    else:
+        sizes = () if call.op == "barrier" else (call.numel,)
+    return encode(call.op, p.algorithm, p.dtype, p.transport, call.channel, p.flags, p.grid, sizes).words()
+
+
+def record_error(words, rank: int, timeout_s: float) -> WeaveError:
+    """The exception an error record (``RECORD_WORDS`` u32) of ``rank`` reports."""
+    if int(words[0]) == MISMATCH:
+        f = decode_record(words, rank)
+        return CallMismatchError(rank, f["peer"], f["mine"], f["theirs"], f["cta"])
+    return PeerTimeoutError(OPS.get(int(words[1]), f"op{int(words[1])}"), int(words[2]), int(words[3]), timeout_s)
