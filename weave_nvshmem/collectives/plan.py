@@ -291,6 +291,14 @@ def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, 
     return _make(op, kind, "p2p", dtype, world, ctas, flags, f"{given}{op}: {name}'s {op} mode; {why}")
 
 
+def _compressed_grid(spec, own: int, ctas, unit: str) -> tuple:
+    """(ctas, reason) of a compressed kernel whose rank owns ``own`` units (a warp each)."""
+    reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
+    if ctas is not None:
+        return ctas, reason + "; ctas given"
+    return max(1, min(32, -(-own // 16))), reason + f"; grid: one CTA per 16 {unit} a rank owns, at most 32"
+
+
 def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None) -> Launch:
     """Plan a compressed ``all_reduce``, ``reduce_scatter`` or ``all_gather`` (``op``):
     compressed.ptx's entry for ``spec`` (a ``compression.CompressionSpec``), a device copy at
@@ -315,13 +323,7 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
     if world == 1:
         return _copy(op, dtype, "nothing crosses a link at one rank")
     _vec_elems(dtype, op)
-    own = -(-(numel // spec.block) // world)
-    reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
-    if ctas is None:
-        ctas = max(1, min(32, -(-own // 16)))
-        reason += "; grid: one CTA per 16 blocks a rank owns, at most 32"
-    else:
-        reason += "; ctas given"
+    ctas, reason = _compressed_grid(spec, -(-(numel // spec.block) // world), ctas, "blocks")
     flags = {"all_reduce": CompressedFlags.NONE, "reduce_scatter": CompressedFlags.REDUCE_SCATTER,
              "all_gather": CompressedFlags.ALL_GATHER}[op]
     if spec.gather == "input" and op == "all_reduce":
@@ -346,13 +348,7 @@ def plan_compressed_fused(rows: int, hidden: int, dtype: str, world: int, spec, 
     if world == 1:
         return plan_fused(rows, hidden, dtype, world, "auto", ctas, sharded, residual=residual)
     _vec_elems(dtype, op)
-    own = -(-rows // world)
-    reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
-    if ctas is None:
-        ctas = max(1, min(32, -(-own // 16)))
-        reason += "; grid: one CTA per 16 rows a rank owns (a warp per row), at most 32"
-    else:
-        reason += "; ctas given"
+    ctas, reason = _compressed_grid(spec, -(-rows // world), ctas, "rows (a warp per row)")
     flags = CompressedFusedFlags.NONE
     for wanted, bit in ((sharded, CompressedFusedFlags.SHARDED), (residual, CompressedFusedFlags.RESIDUAL),
                         (spec.gather == "input", CompressedFusedFlags.GATHER_INPUT)):
