@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from weave_nvshmem.collectives import quantize  # noqa: E402
+from weave_nvshmem.collectives import quantize, reference  # noqa: E402
 from weave_nvshmem.collectives.compression import CompressionSpec, wire_bytes  # noqa: E402
 from weave_nvshmem.ptx.table import COMPRESSED_VARIANTS  # noqa: E402
+from weave_nvshmem.testing import reference_all_reduce, reference_fused  # noqa: E402
 
 SPECS = [None] + [CompressionSpec(f, b, g) for f, b in COMPRESSED_VARIANTS for g in ("compressed", "input")]
 
@@ -61,10 +62,7 @@ class Backend:
     def all_reduce(self, xs, spec):
         if self.emu is None:
             if spec is None:  # the uncompressed two-shot: fp32 sum in rank order, rounded
-                acc = torch.zeros_like(xs[0], dtype=torch.float32)
-                for x in xs:
-                    acc = acc + x.float()
-                return [acc.to(xs[0].dtype)] * len(xs)
+                return [reference_all_reduce(xs)] * len(xs)
             return [quantize.compressed_all_reduce(xs, spec)] * len(xs)
         outs = [torch.empty_like(x) for x in xs]
         kw = {"compression": spec} if spec is not None else {"algorithm": "twoshot"}
@@ -76,13 +74,8 @@ class Backend:
     def fused(self, xs, residual, weight, spec, eps=1e-6):
         """``(out, new residual)`` of the fused AllReduce + residual add + RMSNorm (replicated)."""
         if self.emu is None:
-            if spec is None:
-                acc = torch.zeros_like(xs[0], dtype=torch.float32)
-                for x in xs:
-                    acc = acc + x.float()
-                s = (acc + residual.float()).to(xs[0].dtype).float()
-                out = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-                return out.to(xs[0].dtype), s.to(xs[0].dtype)
+            if spec is None:  # the uncompressed fused op, rounded as its kernels round
+                return reference_fused(xs, residual, weight, eps)
             return quantize.compressed_fused(xs, residual, weight, eps, spec)
         res = [residual.clone() for _ in xs]
         outs = [torch.empty_like(x) for x in xs]
@@ -117,8 +110,12 @@ def partials(kind, world, tokens, hidden, device, seed):
 
 
 def rmsnorm(x, w, eps=1e-6):
-    xf = x.float() if x.dtype != torch.float64 else x
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.to(xf.dtype)).to(x.dtype)
+    """RMSNorm of ``x`` with no all-reduce: the fused op's reference at one rank (float64 for a
+    float64 ``x``, else rounded as the kernels round)."""
+    if x.dtype == torch.float64:
+        out, _ = reference.fused_allreduce_rmsnorm([x.cpu().numpy()], None, w.cpu().numpy(), eps)
+        return torch.from_numpy(out).to(x.device)
+    return reference_fused([x], None, w, eps)[0]
 
 
 def stand_in_model(backend, spec, world, tokens, hidden, layers, seed, ref=False):

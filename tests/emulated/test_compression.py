@@ -6,7 +6,7 @@ replays (docs/compression.md)."""
 import pytest
 import torch
 
-from weave_nvshmem.collectives import quantize
+from weave_nvshmem.collectives import quantize, reference
 from weave_nvshmem.collectives.compression import CompressionSpec
 from weave_nvshmem.ptx.table import COMPRESSED_VARIANTS
 from weave_nvshmem.testing import DTYPES, poison, poisoned, rank_inputs, rel_err, same_bits
@@ -183,8 +183,8 @@ def test_fused(emu, dtype, mode, spec, rows):
     want_out, want_s = quantize.compressed_fused(xs, res0, weight, EPS, spec, mode)
     assert same_bits(outs), "ranks differ"
     assert torch.equal(outs[0], want_out), f"out: {int((outs[0] != want_out).sum())} elements differ from the model"
-    exact_s = sum(x.double() for x in xs) + res0.double()
-    ref_out = exact_s * torch.rsqrt(exact_s.pow(2).mean(-1, keepdim=True) + EPS) * weight.double()
+    ref_out, exact_s = reference.fused_allreduce_rmsnorm([x.double().cpu() for x in xs], res0.double().cpu(),
+                                                         weight.double().cpu(), EPS)  # float64
     bs, bo = fused_bounds(xs, res0, weight, spec, mode)
     assert rel_err(outs[0], ref_out) <= bo, f"out error {rel_err(outs[0], ref_out):.4g} above {bo:.4g}"
     for r in range(w):

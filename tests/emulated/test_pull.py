@@ -29,6 +29,27 @@ def symmetric(emu, xs):
     return sym
 
 
+def replay_mismatches(emu, step, load, results, expected, replays) -> int:
+    """Capture ``emu.run(step)`` in a CUDA graph, then replay it ``replays`` times over the input
+    sets (``load(k)``, k cycling over ``expected``); the count of result elements (``results(r)``,
+    rank r's tensors) whose bits differ from ``expected[k][r]``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
+        emu.run(step)
+    bad = torch.zeros((), dtype=torch.int64, device="cuda")
+    for i in range(replays):
+        k = i % len(expected)
+        load(k)
+        g.replay()
+        for r in range(emu.world):
+            for t, e in zip(results(r), expected[k][r]):
+                bad += (t.view(torch.int16) != e.view(torch.int16)).sum()
+    finish(emu)
+    return int(bad.item())
+
+
 def all_reduce(emu, xs, algorithm, ctas):
     outs = [poisoned(tuple(xs[0].shape), xs[0].dtype) for _ in range(emu.world)]
     emu.run(lambda r, c: c.all_reduce(xs[r], out=outs[r], algorithm=algorithm, ctas=ctas))
@@ -134,21 +155,7 @@ def test_cuda_graph_replays(emu):
         emu.run(step)
         finish(emu)
         expected.append([[o.clone() for o in outs[r]] for r in range(w)])
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
-        emu.run(step)
-    bad = torch.zeros((), dtype=torch.int64, device="cuda")
-    for i in range(200):
-        k = i % 3
-        load(k)
-        g.replay()
-        for r in range(w):
-            for o, e in zip(outs[r], expected[k][r]):
-                bad += (o.view(torch.int16) != e.view(torch.int16)).sum()
-    finish(emu)
-    assert bad.item() == 0
+    assert replay_mismatches(emu, step, load, lambda r: outs[r], expected, 200) == 0
     emu.free(sym)
 
 
@@ -329,21 +336,7 @@ def test_fused_cuda_graph_replays(emu):
         for r in range(w):
             assert torch.equal(ob[r][0], ob[r][2]) and torch.equal(ob[r][1], ob[r][2])  # twoshot's bits
             assert torch.equal(rb[r][0], rb[r][2]) and torch.equal(ob[r][3], expected[k][0][3])
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
-        emu.run(step)
-    bad = torch.zeros((), dtype=torch.int64, device="cuda")
-    for i in range(100):
-        k = i % 3
-        load(k)
-        g.replay()
-        for r in range(w):
-            for t_, e in zip(ob[r] + rb[r], expected[k][r]):
-                bad += (t_.view(torch.int16) != e.view(torch.int16)).sum()
-    finish(emu)
-    assert bad.item() == 0
+    assert replay_mismatches(emu, step, load, lambda r: ob[r] + rb[r], expected, 100) == 0
     emu.free(sym)
 
 
