@@ -126,10 +126,10 @@ def test_graph_capture_and_replay_of_an_async_chain(emu):
         out[r].copy_((got.wait() if async_op else got)[0])
 
     def load(seed):
-        for r, (a, b) in enumerate(zip(rank_inputs(seed, w, (rows, hidden), dt),
-                                       rank_inputs(seed + 50, w, (rows, hidden), dt))):
+        residual = rank_inputs(seed + 50, 1, (rows, hidden), dt)[0]  # replicated: one residual on every rank
+        for r, a in enumerate(rank_inputs(seed, w, (rows, hidden), dt)):
             x[r].copy_(a)
-            res[r].copy_(b)
+            res[r].copy_(residual)
 
     load(1)
     emu.run(lambda r, c: chain(r, c, async_op=True))  # warm-up: side streams made, kernels loaded

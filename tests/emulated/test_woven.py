@@ -31,10 +31,22 @@ def close(got, ref):
 
 
 class LocalComm:
-    """A communicator stand-in with no cross-rank wait (add + RMSNorm of this rank's partial): the
-    warm-up below runs every compute kernel of the tests' shapes once, rank by rank, so that none is
+    """A communicator stand-in with no cross-rank wait (each op on this rank's data alone): the
+    warm-ups below run every compute kernel of the tests' shapes once, rank by rank, so that none is
     first launched (and lazily loaded, which waits for the device) while another rank's collective
     spins (collectives/emulated.py)."""
+
+    def __init__(self, world=1):
+        self.world = world
+
+    def all_gather(self, x, *, ctas=None, channel=0, async_op=False):
+        got = torch.cat([x] * self.world)
+        return completed(got) if async_op else got
+
+    def reduce_scatter(self, x, *, out=None, ctas=None, channel=0, async_op=False):
+        got = x[:x.shape[0] // self.world]
+        got = got.clone() if out is None else out.copy_(got)
+        return completed(got) if async_op else got
 
     def fused_allreduce_rmsnorm(self, x, residual, w, eps, *, ctas=None, residual_mode="replicated",
                                 async_op=False):
@@ -97,6 +109,8 @@ def test_all_gather_matmul_vs_float64(emu, dtype, chunks):
     w, m, k, n = emu.world, 23, 64, 48
     shards = rank_inputs(31, w, (m, k), dtype)
     b = rank_inputs(32, 1, (k, n), dtype)[0]
+    all_gather_matmul(LocalComm(w), shards[0], b, chunks=chunks)  # warm-up (LocalComm)
+    torch.cuda.synchronize()
     outs = emu.run(lambda r, c: all_gather_matmul(c, shards[r], b, chunks=chunks, ctas=fit(emu, 8)))
     finish(emu)
     ref = torch.cat(shards).double() @ b.double()
@@ -112,6 +126,8 @@ def test_matmul_reduce_scatter_vs_float64(emu, dtype, chunks):
     w, m, k, n = emu.world, 13, 32, 64
     a = rank_inputs(41, w, (w * m, k), dtype)
     b = rank_inputs(42, w, (k, n), dtype)
+    matmul_reduce_scatter(LocalComm(w), a[0], b[0], chunks=chunks)  # warm-up (LocalComm)
+    torch.cuda.synchronize()
     outs = emu.run(lambda r, c: matmul_reduce_scatter(c, a[r], b[r], chunks=chunks, ctas=fit(emu, 8)))
     finish(emu)
     full = sum(x.double() @ y.double() for x, y in zip(a, b))
