@@ -53,6 +53,8 @@ def test_local_matches_float64(comm, dtype, tokens, hidden, mode):
     assert got_out.data_ptr() == out.data_ptr()
     assert not tn.check_close(got_out, ref_out, "out")
     assert tn.same_bits([got_res, ref_s]), "the new residual must be round(x + residual) exactly"
+    if mode == "none":  # world 1: the new residual is x itself, not a copy
+        assert got_res.data_ptr() == x.data_ptr()
 
 
 @pytest.mark.parametrize("dtype", list(tn.DTYPES.values()), ids=list(tn.DTYPES))

@@ -270,7 +270,8 @@ class Communicator:
             o = torch.empty(call.out_shape, dtype=x.dtype, device=x.device)
         res = call.residual
         if call.op == "fused_allreduce_rmsnorm" and res is None:
-            res = torch.empty_like(x)
+            # world 1: the sum is x itself, which the local kernel leaves alone (no copy written)
+            res = x if p.algorithm == "local" else torch.empty_like(x)
         if p.algorithm == "copy" and o.data_ptr() != x.data_ptr():
             with torch.cuda.stream(torch_stream(call.stream)):
                 o.copy_(x)
@@ -425,7 +426,8 @@ class Communicator:
             is read by the peers in place by the two-shot and pull kernels (zero copy).
         residual : same type, ``[T, H]`` same dtype, or None
             Updated in place, so it must not overlap ``x``, ``weight`` or ``out`` (ValueError);
-            None (first layer): a new residual holding ``all_reduce(x)`` is returned.
+            None (first layer): a new residual holding ``all_reduce(x)`` is returned; at world 1
+            that is ``x`` itself (no copy), as an engine's first norm keeps it.
         weight : ``[H]`` same dtype
         eps : float
             >= 0.
