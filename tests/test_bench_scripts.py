@@ -66,3 +66,43 @@ def test_interference_proxy_reports_ratios_only():
            "rows": [{"algorithm": "pull", "ctas": 4, "slowdown": 1.041, "gemm_ms_alone": 1.2, "gemm_ms_beside": 1.25}]}
     md = ip.markdown(doc)
     assert "| pull | 4 | 1.041x |" in md and report.EMULATED_NOTE in md and " ms" not in md
+
+
+def test_signature_overhead_statistics_and_verdicts():
+    so = _load("signature_overhead")
+    flat = so.paired_summary([0.05] * 40)
+    assert flat["added"] == flat["lo"] == flat["hi"] == flat["q1"] == flat["q3"] == 0.05
+    assert flat["verdict"] == "within target"
+    assert so.paired_summary([0.5 + 0.01 * (i % 3) for i in range(40)])["verdict"] == "above target"
+    # the same noise around a median at the target is not resolved; around 0 it is within
+    noise = [0.2 * ((i * 7) % 11 - 5) / 5 for i in range(41)]  # -0.2..+0.2, median 0
+    wide = so.paired_summary([so.TARGET_US + d for d in noise])
+    assert wide["lo"] < so.TARGET_US < wide["hi"] and wide["verdict"] == "not resolved"
+    near0 = so.paired_summary(noise)
+    assert near0["added"] == 0.0 and near0["q1"] < 0 < near0["q3"] and near0["hi"] <= so.TARGET_US
+    assert near0 == so.paired_summary(noise)  # seeded: the same rounds give the same interval
+    assert near0["lo"] <= near0["added"] <= near0["hi"]
+
+
+def test_signature_overhead_report():
+    so = _load("signature_overhead")
+
+    def row(ran, added, lo, hi, verdict, tokens=1):
+        return {"op": "all_reduce", "algorithm": ran, "ran": ran, "grid": 2, "tokens": tokens, "hidden": 8192,
+                "us_on": 6.5, "us_off": 6.4, "added": added, "q1": added - 0.02, "q3": added + 0.03,
+                "lo": lo, "hi": hi, "verdict": verdict}
+
+    rows = [row("lamport", -0.21, -0.25, -0.17, "within target"), row("oneshot", 0.02, -0.01, 0.05, "within target"),
+            row("twoshot", 0.25, 0.1, 0.4, "not resolved", tokens=16)]
+    s = so.summary(rows)
+    assert s["handshake_cases"] == 2 and s["verdict"] == "not resolved" and s["worst_hi_us"] == 0.4
+    assert s["verdicts"] == {"within target": 1, "above target": 0, "not resolved": 1}
+    assert s["control_abs_added_us"] == 0.21  # the Lamport row: no handshake, its added time is noise
+    assert so.summary(rows + [row("oneshot", 0.5, 0.4, 0.6, "above target")])["verdict"] == "above target"
+    doc = {"device": "NVIDIA H200", "git_commit": "abc1234", "world_size": 2, "dtype": "bfloat16", "hidden": 8192,
+           "steps_per_graph": 20, "rounds": 60, "replays": 50, "level": 0.9, "rows": rows, "summary": s}
+    md = so.markdown(doc)
+    assert "| all_reduce | twoshot | twoshot (2) | 16 | 6.50 | 6.40 | +0.250 | +0.230..+0.280 | +0.100..+0.400 | " \
+           "not resolved |" in md
+    assert "| lamport (2) | 1 |" in md and md.count("| control |") == 1
+    assert "commit abc1234" in md.lower() and "overall **not resolved**" in md and "90% interval" in md

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from weave_nvshmem.collectives import reference
 
@@ -92,8 +93,7 @@ def test_rel_error_nan_or_inf_in_got_is_inf():
         assert reference.rel_error(got, ref) == math.inf
 
 
-# rel_error subtracts before masking, so inf - inf warns (result unaffected)
-@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning")
+@pytest.mark.filterwarnings("error")  # inf - inf where both are inf is masked, not warned about
 def test_rel_error_nonfinite_only_where_ref_is():
     ref = np.array([1.0, np.nan, 2.0, np.inf])
     got = np.array([1.0, np.nan, 2.0, np.inf])
@@ -105,6 +105,33 @@ def test_rel_error_nonfinite_only_where_ref_is():
 
 def test_rel_error_accepts_low_precision_and_lists():
     assert reference.rel_error(np.array([1, 2], dtype=np.float16), [1.0, 2.0]) == 0.0
+
+
+def test_tensors_stay_tensors_on_their_device_and_agree_with_numpy(rng):
+    """Tensor inputs compute in torch float64 on their device (CUDA tensors stay on the GPU) and
+    give tensors; NumPy inputs give NumPy arrays; both give the same numbers."""
+    inputs = [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(3)]
+    residual, weight = rng.standard_normal((3, 16)), rng.uniform(0.5, 1.5, 16)
+    want_out, want_s = reference.fused_allreduce_rmsnorm(inputs, residual, weight, 1e-6)
+    tensors = [torch.from_numpy(x).to(torch.bfloat16) for x in inputs]
+    out, s = reference.fused_allreduce_rmsnorm(tensors, residual, torch.from_numpy(weight), 1e-6)
+    assert isinstance(out, torch.Tensor) and out.dtype == s.dtype == torch.float64 and out.device == tensors[0].device
+    rounded = [x.float().numpy() for x in tensors]
+    np.testing.assert_allclose(s.numpy(), reference.all_reduce(rounded) + residual, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(reference.all_reduce(tensors).numpy(), reference.all_reduce(rounded), rtol=0, atol=0)
+    assert reference.rel_error(torch.from_numpy(want_out), want_out) == 0.0
+    got = want_out * (1 + 1e-3 * rng.standard_normal(want_out.shape))
+    assert reference.rel_error(torch.from_numpy(got), want_out) == pytest.approx(reference.rel_error(got, want_out),
+                                                                               rel=1e-12)
+    assert reference.rel_error(got, torch.from_numpy(want_s)) == pytest.approx(reference.rel_error(got, want_s),
+                                                                              rel=1e-12)
+
+
+def test_all_reduce_returns_a_new_array():
+    x = np.ones(3)
+    got = reference.all_reduce([x])
+    got[0] = 5.0
+    assert x.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_tolerances_cover_the_supported_dtypes():

@@ -15,6 +15,7 @@ Templates are our own files, so ``eval`` over the parameter dict is acceptable h
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 _SUBST = re.compile(r"\$\{([^}]*)\}")
@@ -27,9 +28,18 @@ class TemplateError(ValueError):
     """A template is malformed (unbalanced directive, bad expression)."""
 
 
+_BUILTINS = {"__builtins__": {"range": range, "len": len, "min": min, "max": max, "str": str, "int": int}}
+
+
+@lru_cache(maxsize=None)
+def _compiled(expr: str):
+    """``expr`` compiled once (the same expressions recur on every line, variant and loop pass)."""
+    return compile(expr.strip(), "<template expression>", "eval")
+
+
 def _eval(expr: str, params: dict, where: str):
     try:
-        return eval(expr, {"__builtins__": {"range": range, "len": len, "min": min, "max": max, "str": str, "int": int}}, params)
+        return eval(_compiled(expr), _BUILTINS, params)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise TemplateError(f"{where}: cannot evaluate {expr!r}: {exc}") from exc
 

@@ -123,12 +123,13 @@ def _run(emu: EmulatedWorld, side, call: FuzzCall) -> list[str]:
             return check_close(outs[0], ref, "rank 0 out") + ([] if same_bits(outs) else ["out differs across ranks"])
     elif call.op == "reduce_scatter":
         outs = [torch.empty((call.shape[0] // w,) + call.shape[1:], dtype=dt, device=DEVICE) for _ in range(w)]
+        refs = [reference_reduce_scatter(xs, r) for r in range(w)]
 
         def launch(r, c):
             return c.reduce_scatter(xs[r], out=outs[r], **opts)
 
         def check(got):
-            return [p for r in range(w) for p in check_close(outs[r], reference_reduce_scatter(xs, r), f"rank {r} out")]
+            return [p for r in range(w) for p in check_close(outs[r], refs[r], f"rank {r} out")]
     else:
         outs = [torch.empty((w * call.shape[0],) + call.shape[1:], dtype=dt, device=DEVICE) for _ in range(w)]
         ref = reference_all_gather(xs)
