@@ -323,3 +323,31 @@ def test_cpu_reference_op_takes_compression():
     out = torch.ops.weave_nvshmem.fused_allreduce_rmsnorm(x, res, torch.ones(256), 1e-6, "replicated", "auto", 0,
                                                           "int8")
     assert out.shape == x.shape and torch.equal(res, x)
+
+
+# ---- the error report's data set (c): the TP Llama example ------------------------------------------------
+def test_error_report_on_the_tp_llama_is_within_the_fused_bound(tmp_path):
+    """scripts/compression_error.py on the CPU model, small: every fused call of examples/llama.py's
+    TPModel (2 and 4 ranks) within quantize.fused_bound of its inputs, the input gather closer to
+    float64 after the layers than the compressed one, the report stamped with its commit."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compression_error.py"
+    mod_spec = importlib.util.spec_from_file_location("compression_error", path)
+    script = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(script)
+    rc = script.main(["--backend", "model", "--out", str(tmp_path), "--tokens", "4", "--hidden", "512",
+                      "--model-worlds", "2", "4", "--model-hidden", "256", "--model-tokens", "8", "--layers", "2"])
+    rep = json.loads((tmp_path / "compression-error.json").read_text())
+    assert rc == 0 and rep["commit"] and rep["commit"] in (tmp_path / "compression-error.md").read_text()
+    assert set(rep["model"]) == {"2", "4"} and rep["llama"]["layers"] == 2
+    for rows in rep["model"].values():
+        assert rows["none"]["out_vs_float64"]["normwise"] < 2 ** -6
+        for f, b in table.COMPRESSED_VARIANTS:
+            for gather in compression.GATHERS:
+                e = rows[f"{f}/{b}/{gather}"]
+                assert e["calls_within_bound"], (f, b, gather, e["worst_call"])
+            assert (rows[f"{f}/{b}/input"]["out_vs_float64"]["normwise"]
+                    < rows[f"{f}/{b}/compressed"]["out_vs_float64"]["normwise"])

@@ -151,20 +151,6 @@ FUSED_SPECS = [CompressionSpec("fp8", 128, g) for g in ("compressed", "input")] 
     CompressionSpec("mxfp4")]
 
 
-def fused_bounds(xs, res, weight, spec, mode):
-    """(bound on the new residual, bound on out): the residual as one more (exact) partial; out
-    within 2 (max|w| / min|w|) times the residual's relative error (normalising at most doubles
-    it), plus the re-quantization of out (sharded, compressed gather) and the dtype's rounding."""
-    parts = [x.cpu() for x in xs] + ([res.cpu()] if res is not None else [])
-    s_spec = spec if mode == "replicated" else CompressionSpec(spec.format, spec.block, "input")
-    bs = quantize.all_reduce_bound(parts, s_spec)
-    w = weight.double().abs()
-    bo = 2 * float(w.max() / w.min()) * bs + 4 * 2.0 ** -8
-    if mode == "sharded" and spec.gather == "compressed":
-        bo += 2 * {"fp8": 2 ** -4, "int8": 0.05, "mxfp4": 0.5}[spec.format]
-    return bs, bo
-
-
 @pytest.mark.parametrize("dtype, rows", [(d, r) for d in DTYPES for r in (7, 300) if r < 300 or d == "bfloat16"])
 @pytest.mark.parametrize("mode", ["replicated", "sharded"])
 @pytest.mark.parametrize("spec", FUSED_SPECS, ids=_sid)
@@ -184,7 +170,7 @@ def test_fused(emu, dtype, mode, spec, rows):
     assert same_bits(outs), "ranks differ"
     assert torch.equal(outs[0], want_out), f"out: {int((outs[0] != want_out).sum())} elements differ from the model"
     ref_out, exact_s = reference.fused_allreduce_rmsnorm(xs, res0, weight, EPS)  # float64, on the GPU
-    bs, bo = fused_bounds(xs, res0, weight, spec, mode)
+    bs, bo = quantize.fused_bound(xs, res0, weight, spec, mode)
     assert rel_err(outs[0], ref_out) <= bo, f"out error {rel_err(outs[0], ref_out):.4g} above {bo:.4g}"
     for r in range(w):
         rows_r = slice(None) if mode == "replicated" else slice(rows * r // w, rows * (r + 1) // w)

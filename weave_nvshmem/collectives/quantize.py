@@ -13,7 +13,7 @@ from .compression import CompressionSpec
 
 __all__ = ["quantize", "dequantize", "roundtrip", "element_bound", "compressed_all_reduce", "all_reduce_bound",
            "compressed_fused",
-           "QMAX"]
+           "fused_bound", "QMAX"]
 
 #: largest code magnitude: e4m3 448, int8 127, e2m1 6
 QMAX = {"fp8": 448.0, "int8": 127.0, "mxfp4": 6.0}
@@ -172,6 +172,35 @@ def all_reduce_bound(inputs: list, spec: CompressionSpec) -> float:
     b = b + _UNIT[inputs[0].dtype] * (approx.abs() + b)
     den = float(torch.linalg.vector_norm(exact))
     return float(torch.linalg.vector_norm(b)) / den if den else float("inf")
+
+
+def fused_bound(inputs: list, residual, weight, spec: CompressionSpec, residual_mode: str = "replicated"):
+    """Normwise relative bounds ``(on s, on out)`` of ``compressed_fused`` against float64.
+
+    The residual counts as one more partial (exact, so this over-estimates) of ``all_reduce_bound``
+    (replicated: ``spec``'s gather; sharded: the own rows are never re-quantized, gather
+    ``"input"``). ``out`` is within ``2 max|w| / min|w|`` times the bound on ``s`` (normalising at
+    most doubles a relative error), plus 4 units of bf16 rounding, plus (sharded residual,
+    compressed gather) twice the format's relative step for the re-quantization of ``out``
+    (fp8 2^-4, int8 0.05, mxfp4 0.5).
+
+    Parameters
+    ----------
+    inputs : list of torch.Tensor
+        Every rank's ``[rows, H]`` partials.
+    residual : torch.Tensor or None
+        ``[rows, H]``.
+    weight : torch.Tensor
+        ``[H]``.
+    """
+    parts = [x.cpu() for x in inputs] + ([residual.cpu()] if residual is not None else [])
+    s_spec = spec if residual_mode == "replicated" else CompressionSpec(spec.format, spec.block, "input")
+    bs = all_reduce_bound(parts, s_spec)
+    w = weight.double().abs().cpu()
+    bo = 2 * float(w.max() / w.min()) * bs + 4 * 2.0 ** -8
+    if residual_mode == "sharded" and spec.gather == "compressed":
+        bo += 2 * {"fp8": 2 ** -4, "int8": 0.05, "mxfp4": 0.5}[spec.format]
+    return bs, bo
 
 
 def _warp_rstd(s: torch.Tensor, block: int, eps: float) -> torch.Tensor:
