@@ -43,11 +43,13 @@ def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int, sharded: b
       staged (not zero copy): + a copy of the w-1 other segments of x -- pull: into our own
       staging (local read + local write), twoshot: pushed into the owners' staging (local read,
       REMOTE write): (w-1)n/w read, (w-1)n/w written.
-    fused, both algorithms (residual given; pull and twoshot move the same bytes): all_reduce's
-    reduce reads plus the own residual rows n/w; writes residual + result + out of the own rows:
-    3n/w, s re-read n/w. Gather, replicated residual: pulls s (w-1)n/w, re-reads it (w-1)n/w,
-    writes residual and out 2(w-1)n/w; sharded (``sharded``): pulls the out rows (w-1)n/w and
-    writes them to out (w-1)n/w.
+    fused (residual given; pull and twoshot write the same bytes): all_reduce's reduce reads plus
+    the own residual rows n/w; writes residual + result + out of the own rows: 3n/w; twoshot
+    re-reads s n/w for the norm, pull reads it back from shared memory (a row fits one stage:
+    hidden x world x 2 bytes <= 64 KB, as at this script's hidden 8192, 4 ranks). Gather,
+    replicated residual: pulls s (w-1)n/w, writes residual and out 2(w-1)n/w; twoshot re-reads s
+    (w-1)n/w, pull normalises it from the stage; sharded (``sharded``): pulls the out rows
+    (w-1)n/w and writes them to out (w-1)n/w.
     ``remote_write``: bytes of the writes that go to a peer (pull: none).
     """
     seg, other = n / w, (w - 1) * n / w
@@ -55,7 +57,8 @@ def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int, sharded: b
         read, written = n + other, 2 * seg + other
     else:
         gather = 1 if sharded else 2
-        read, written = n + seg + seg + gather * other, 3 * seg + gather * other
+        reread = 0.0 if algorithm == "pull" else seg + (gather - 1) * other  # s again for the norm
+        read, written = n + seg + other + reread, 3 * seg + gather * other
     remote = 0.0
     if not zero_copy:
         read, written = read + other, written + other

@@ -45,9 +45,11 @@ def test_transport_footprint_traffic_and_table():
     assert fp.traffic("all_reduce", "twoshot", False, n, w)["remote_write"] == 3 * n / 4  # pushed to peers
     assert ("fused", "pull") in fp.CASES and ("fused", "twoshot") in fp.CASES
     rep = fp.traffic("fused", "pull", True, n, w)
-    assert rep == {"read": n + 2 * n / 4 + 2 * 3 * n / 4, "written": 3 * n / 4 + 2 * 3 * n / 4, "remote_write": 0.0}
+    assert rep == {"read": n + n / 4 + 3 * n / 4, "written": 3 * n / 4 + 2 * 3 * n / 4, "remote_write": 0.0}
+    assert fp.traffic("fused", "twoshot", True, n, w)["read"] == n + 2 * n / 4 + 2 * 3 * n / 4  # s re-read
     shard = fp.traffic("fused", "pull", True, n, w, sharded=True)
-    assert shard == {"read": n + 2 * n / 4 + 3 * n / 4, "written": 3 * n / 4 + 3 * n / 4, "remote_write": 0.0}
+    assert shard == {"read": n + n / 4 + 3 * n / 4, "written": 3 * n / 4 + 3 * n / 4, "remote_write": 0.0}
+    assert fp.traffic("fused", "twoshot", True, n, w, sharded=True)["read"] == n + 2 * n / 4 + 3 * n / 4
     assert fp.traffic("fused", "pull", False, n, w)["remote_write"] == 0.0  # copied into our own staging
     assert fp.traffic("fused", "twoshot", False, n, w)["remote_write"] == 3 * n / 4
     row = {"op": "all_reduce", "algorithm": "pull", "zero_copy": True, "tokens": 8192, "ctas": 8, "us": 500.0,

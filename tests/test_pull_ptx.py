@@ -46,7 +46,7 @@ def test_pull_stores_only_locally_and_reads_peers_by_bulk_loads(kernel, world, d
             addr = re.search(r"\[(%\w+)", args).group(1)
             assert addr not in tainted, f"{op} {args}: a vector load from a peer (pull reads peers by TMA)"
     if world > 1:
-        bulk = [a for _, op, a in _INSN.findall(text) if op.startswith("cp.async.bulk")]
+        bulk = [a for _, op, a in _INSN.findall(text) if op.startswith("cp.async.bulk.shared")]
         assert bulk and any(re.search(r"\[(%\w+)\]", a.split(",")[1]).group(1) in tainted for a in bulk)
 
 
