@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from weave_nvshmem.bench import provenance  # noqa: E402
 from weave_nvshmem.collectives.compression import CompressionSpec  # noqa: E402
 
 HIDDEN = 8192
@@ -109,11 +110,12 @@ def main(argv=None) -> int:
     finally:
         emu.close()
     rep = {"world": w, "hidden": HIDDEN, "dtype": "bf16", "ctas": ctas, "replays": args.replays,
-           "device": torch.cuda.get_device_name(), "rows": rows, "seconds": round(time.time() - t0, 1),
+           "device": torch.cuda.get_device_name(), "git_commit": provenance.git_commit(), "rows": rows, "seconds": round(time.time() - t0, 1),
            "note": "EmulatedWorld: all ranks on one GPU's HBM; ratios of our kernels, not link figures"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compression-throughput.json").write_text(json.dumps(rep, indent=1))
     md = [f"# Compressed all-reduce time, EmulatedWorld({w}), hidden {HIDDEN} bf16, {ctas} CTAs per rank", "",
+          f"{rep['device']}, commit {rep['git_commit'][:10]}.", "",
           rep["note"] + ". Median of CUDA-graph replays with fresh random inputs.", "",
           "| op | tokens | kernel | bits/elem | us | x twoshot |", "|---|---|---|---|---|---|"]
     md += [f"| {r['op']} | {r['tokens']} | {r['kernel']} | {r['bits_per_element']} | {r['us']} | "
