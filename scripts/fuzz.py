@@ -6,8 +6,10 @@ that reruns that call alone.
 
 Call K of a run is a pure function of (seed, world, K) (weave_nvshmem.testing.fuzz). Every op,
 dtype and algorithm of the kernel table (through the planner's lists, so new algorithms join),
-shapes with 0 and 1 element, CTA counts, channels, eager and CUDA-graph execution; each result is
-checked against the float64 references and across ranks. Prints, per world size, the calls,
+compression (every format, block and gather: the result must have the bits of the float-exact
+model collectives/quantize.py, the same on every rank, within its bound of float64), copied and
+zero-copy (symmetric) inputs, shapes with 0 and 1 element, CTA counts, channels, eager and
+CUDA-graph execution; each result is checked against the float64 references and across ranks. Prints, per world size, the calls,
 failures, seconds and what the calls covered; with --budget-s the calls of each world size stop
 at an even share of the budget (the summary says how many ran). Exit status 1 when a call
 failed. The checks run on the GPU (float64 references and error norms on the outputs' device,
@@ -16,8 +18,8 @@ one scalar back per check), so the host keeps up with the calls.
 The long run (10000 calls per world size) runs the three world sizes as three processes sharing
 one GPU (no MPS: each process's ranks must be resident together, which time-slicing keeps), each
 with its log in bench/; a world reserves ``MAX_BYTES`` of staging on each of its ``CHANNELS``
-channels, about 0.25, 0.8 and 2.9 GiB of arenas at 2, 4 and 8 ranks, plus the calls' tensors and
-a CUDA context:
+channels and ``MAX_BYTES`` a rank for symmetric inputs, about 0.25, 0.8 and 2.9 GiB of arenas at
+2, 4 and 8 ranks, plus the calls' tensors and a CUDA context:
 
     for w in 2 4 8; do python scripts/fuzz.py --world $w --calls 10000 --budget-s 540 \\
         --out bench/fuzz-nvidia-h200-w$w.log & done; wait

@@ -1,5 +1,6 @@
 """A short fuzz run at each world size: the calls of ``scripts/fuzz.py`` (every op, dtype and
-algorithm; 0- and 1-element and odd shapes; CTA counts; channels; eager and CUDA-graph replay),
+algorithm; compression specs; zero-copy inputs; 0- and 1-element and odd shapes; CTA counts;
+channels; eager and CUDA-graph replay),
 each checked against the references and across ranks. A failure names the call and the command
 that reruns it alone; the long run is ``python scripts/fuzz.py --calls 10000``."""
 import pytest

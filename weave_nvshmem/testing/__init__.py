@@ -5,6 +5,7 @@ how ranks agree on it.
   normwise relative error, per-rank reproducible inputs, poisoned outputs, bitwise comparison.
 - ``ranks``: rank agreement over torch.distributed (every rank reaches the same verdict).
 - ``fuzz``: the fuzzer's random calls, a pure function of (seed, world, index), and its command line.
+- ``quantized``: what a correct compressed result is (the float-exact model's bits, its bound).
 - ``runner``: running and checking those calls on an emulated world (one GPU).
 
 Importing needs no GPU. Sits above ``collectives`` (nothing in the library imports it).

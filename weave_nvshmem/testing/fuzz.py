@@ -3,8 +3,10 @@ rebuilt alone from the one line its failure prints, and the generator is tested 
 
 A call draws an op (every collective and the barrier), a dtype, an algorithm from the planner's
 public lists, a shape (0 and 1 element, odd sizes, up to ``MAX_BYTES`` of staging), a CTA count,
-a channel and eager or CUDA-graph execution, always a valid combination for an emulated world of
-``world`` ranks on one GPU (``runner.Fuzzer`` runs and checks them there).
+a channel, eager or CUDA-graph execution, compression (``compression.CompressionSpec``: every
+format, block and gather, on ``COMPRESSED_OPS``) and a zero-copy (symmetric) input, always a valid
+combination for an emulated world of ``world`` ranks on one GPU (``runner.Fuzzer`` runs and checks
+them there).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import random
 import shlex
 from dataclasses import dataclass
 
-from ..collectives import plan
+from ..collectives import compression, plan
+from ..collectives.compression import CompressionSpec
 from ..ptx.catalog import LAMPORT_SLOT, MAX_WORLD
 from .numerics import DTYPES
 
@@ -34,15 +37,22 @@ MAX_HIDDEN = 16384
 #: blocks of 512 threads one GPU holds at once, shared by all emulated ranks (one per SM, as the
 #: big kernels need; an H100/H200 has 132 SMs): an explicit CTA count is at most this // world
 RESIDENT_BLOCKS = 128
+#: the ops that take ``compression=`` (every collective)
+COMPRESSED_OPS = ("all_reduce", "reduce_scatter", "all_gather", "fused_allreduce_rmsnorm")
+#: the share of their calls drawn compressed (format uniform, then its block, then the gather)
+COMPRESSED_SHARE = 0.25
+#: the share of collective calls whose input is symmetric (``world.empty``, the same tensor on every
+#: rank: the twoshot and pull kernels read it on the peers in place, zero copy)
+ZERO_COPY_SHARE = 0.25
 #: the command a reproducer line runs
 SCRIPT = "scripts/fuzz.py"
 
 
 def algorithms(op: str, world: int) -> tuple:
-    """The algorithms the planner offers for ``op`` (``"all_reduce"`` or
-    ``"fused_allreduce_rmsnorm"``) that a test may request at ``world`` ranks, in planner order:
-    its public list, without "local" (world 1 only) above one rank."""
-    names = {"all_reduce": plan.ALLREDUCE_ALGORITHMS, "fused_allreduce_rmsnorm": plan.FUSED_ALGORITHMS}[op]
+    """The algorithms the planner offers for ``op`` (a collective) that a test may request at
+    ``world`` ranks, in planner order: its public list, without "local" (world 1 only) above one rank."""
+    names = {"all_reduce": plan.ALLREDUCE_ALGORITHMS, "fused_allreduce_rmsnorm": plan.FUSED_ALGORITHMS,
+             "reduce_scatter": plan.SCATTER_GATHER_ALGORITHMS, "all_gather": plan.SCATTER_GATHER_ALGORITHMS}[op]
     return tuple(a for a in names if not (a == "local" and world > 1))
 
 
@@ -67,7 +77,8 @@ class FuzzCall:
         The shape of each rank's ``x``: `[...]` (all_reduce), `[world*n, ...]` (reduce_scatter),
         `[n, ...]` (all_gather), `[T, H]` (fused).
     algorithm : str or None
-        all_reduce and fused only.
+        Every collective (``"auto"`` when compressed: the compressed kernel is chosen by
+        ``compression``); None for the barrier.
     ctas : int or None
         None: the planner's grid (drawn only at 2 ranks, where it is always resident).
     channel : int
@@ -84,6 +95,10 @@ class FuzzCall:
         The inputs' standard deviation.
     data_seed : int
         The inputs' seed (``numerics.rank_inputs``).
+    compression : CompressionSpec or None
+        ``compression=`` of the call (None: uncompressed).
+    zero_copy : bool
+        The input is symmetric (``EmulatedWorld.empty``): peers read it in place.
     """
 
     seed: int
@@ -101,6 +116,8 @@ class FuzzCall:
     eps: float = 1e-6
     scale: float = 1.0
     data_seed: int = 0
+    compression: CompressionSpec | None = None
+    zero_copy: bool = False
 
     @property
     def reproducer(self) -> str:
@@ -114,6 +131,10 @@ class FuzzCall:
             words += [self.dtype, "x".join(map(str, self.shape)), f"ctas={self.ctas}", f"scale={self.scale:g}"]
         if self.algorithm is not None:
             words.append(f"algorithm={self.algorithm}")
+        if self.compression is not None:
+            words.append(f"compression={self.compression}")
+        if self.zero_copy:
+            words.append("zero_copy")
         if self.op == "fused_allreduce_rmsnorm":
             words += [f"residual_mode={self.residual_mode}", f"residual={'yes' if self.residual else 'None'}",
                       f"eps={self.eps:g}"]
@@ -150,15 +171,24 @@ def _ctas(rng: random.Random, world: int):
     return rng.randint(1, RESIDENT_BLOCKS // world)
 
 
-def _rows_and_inner(rng: random.Random, world: int, dtype: str) -> tuple:
-    """(rows, trailing dims) of a reduce_scatter/all_gather chunk: rows * prod(inner) elements make
-    whole 16-byte vectors, and world chunks fit in ``MAX_BYTES``."""
-    ve = 16 // element_size(dtype)
+def _rows_and_inner(rng: random.Random, world: int, dtype: str, unit: int) -> tuple:
+    """(rows, trailing dims) of a chunk: rows * prod(inner) elements are a multiple of ``unit``
+    elements (16-byte vectors, or compression blocks), and world chunks fit in ``MAX_BYTES``."""
     elems = MAX_BYTES // element_size(dtype) // world
-    inner = _dims(rng, rng.choice((0, 1, 1, 2)), elems)
+    inner = _dims(rng, rng.choice((0, 1, 1, 2)), elems // unit)  # leaves room for a whole unit of rows
     m = math.prod(inner)
-    step = ve // math.gcd(m, ve) if m else 1
+    step = unit // math.gcd(m, unit) if m else 1
     return step * _count(rng, elems // max(m, 1) // step), inner
+
+
+def _compression(rng: random.Random, op: str) -> CompressionSpec | None:
+    """None, or (``COMPRESSED_SHARE`` of the time) a spec: a format, one of its blocks, a gather
+    (all_gather: "compressed", the only one it takes)."""
+    if rng.random() >= COMPRESSED_SHARE:
+        return None
+    fmt = rng.choice(compression.FORMATS)
+    gather = "compressed" if op == "all_gather" else rng.choice(compression.GATHERS)
+    return CompressionSpec(fmt, rng.choice(compression.BLOCKS[fmt]), gather)
 
 
 def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
@@ -187,28 +217,36 @@ def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
         return FuzzCall(**call)
     dtype = rng.choice(tuple(DTYPES))
     es = element_size(dtype)
+    spec = _compression(rng, op)
+    # the unit every count below is a multiple of: a 16-byte vector, or a compression block
+    ve = 16 // es
+    unit = ve if spec is None else spec.block
     call.update(dtype=dtype, ctas=_ctas(rng, world), scale=rng.choice((1.0, 1.0, 0.01, 64.0)),
-                data_seed=rng.randrange(1 << 30))
+                data_seed=rng.randrange(1 << 30), compression=spec, zero_copy=rng.random() < ZERO_COPY_SHARE)
     if op == "all_reduce":
-        shape = _dims(rng, rng.choice((1, 1, 2, 3)), MAX_BYTES // es)
+        if spec is None:
+            shape = _dims(rng, rng.choice((1, 1, 2, 3)), MAX_BYTES // es)
+        else:  # numel a multiple of the block
+            rows, inner = _rows_and_inner(rng, 1, dtype, unit)
+            shape = (rows,) + inner
         vec_bytes = -(-math.prod(shape) * es // 16) * 16
         algs = [a for a in algorithms(op, world) if a != "lamport" or vec_bytes <= LAMPORT_SLOT]
-        return FuzzCall(**call, shape=shape, algorithm=rng.choice(algs))
+        return FuzzCall(**call, shape=shape, algorithm="auto" if spec else rng.choice(algs))
     if op in ("reduce_scatter", "all_gather"):
-        rows, inner = _rows_and_inner(rng, world, dtype)
-        return FuzzCall(**call, shape=((world * rows if op == "reduce_scatter" else rows),) + inner)
-    ve = 16 // es
+        rows, inner = _rows_and_inner(rng, world, dtype, unit)  # each rank's chunk: whole units
+        return FuzzCall(**call, shape=((world * rows if op == "reduce_scatter" else rows),) + inner,
+                        algorithm="auto" if spec else rng.choice(algorithms(op, world)))
     if rng.random() < 0.3:
-        hidden = rng.choice((4096, 5120, 7168, 8192))
+        hidden = rng.choice((4096, 5120, 7168, 8192))  # multiples of every block
     else:
-        hidden = ve * max(1, _count(rng, MAX_HIDDEN // ve))
+        hidden = unit * max(1, _count(rng, MAX_HIDDEN // unit))
     tokens = _count(rng, MAX_BYTES // (hidden * es))
     mode = rng.choice(RESIDUAL_MODES)
     algs = [a for a in algorithms(op, world)
             if not (mode == "sharded" and a in REPLICATED_ONLY)
             and (a != "lamport" or tokens * hidden * es <= LAMPORT_SLOT)]
-    return FuzzCall(**call, shape=(tokens, hidden), algorithm=rng.choice(algs), residual_mode=mode,
-                    residual=rng.random() < 0.8, eps=rng.choice((1e-6, 1e-5)))
+    return FuzzCall(**call, shape=(tokens, hidden), algorithm="auto" if spec else rng.choice(algs),
+                    residual_mode=mode, residual=rng.random() < 0.8, eps=rng.choice((1e-6, 1e-5)))
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -220,7 +258,9 @@ def reproducer(world: int, seed: int, index: int) -> str:
 
 def coverage(calls) -> collections.Counter:
     """How often ``calls`` drew each op, dtype, algorithm, residual mode, execution, CTA choice,
-    channel and empty or one-element shape (keys such as ``"all_reduce algorithm=lamport"``)."""
+    channel, empty or one-element shape, compression (format:block, gather) and zero copy (keys
+    such as ``"all_reduce algorithm=lamport"``, ``"all_gather compression=mxfp4:32"``,
+    ``"reduce_scatter zero_copy algorithm=pull"``; an algorithm counts for uncompressed calls)."""
     seen = collections.Counter()
     for c in calls:
         keys = [f"op={c.op}", "graph" if c.graph else "eager", f"channel={c.channel}"]
@@ -228,8 +268,16 @@ def coverage(calls) -> collections.Counter:
             n = math.prod(c.shape)
             keys += [f"{c.op} dtype={c.dtype}", "ctas=None" if c.ctas is None else "ctas=int"]
             keys += ["0 elements"] if n == 0 else ["1 element"] if n == 1 else []
-        if c.algorithm is not None:
+        q = c.compression
+        if q is not None:
+            keys += [f"{c.op} compression={q.format}:{q.block}", f"{c.op} compression gather={q.gather}",
+                     f"{c.op} compression dtype={c.dtype}"]
+            if c.op == "fused_allreduce_rmsnorm":
+                keys.append(f"{c.op} compression residual_mode={c.residual_mode}")
+        elif c.algorithm is not None:
             keys.append(f"{c.op} algorithm={c.algorithm}")
+        if c.zero_copy:
+            keys += [f"{c.op} zero_copy"] + ([] if q else [f"{c.op} zero_copy algorithm={c.algorithm}"])
         if c.op == "fused_allreduce_rmsnorm":
             keys.append(f"{c.op} residual_mode={c.residual_mode} residual={'yes' if c.residual else 'None'}")
         seen.update(keys)

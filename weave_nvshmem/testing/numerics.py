@@ -255,7 +255,15 @@ def fused_problems(out, residual, ref_out, ref_s, *, rank: int, world: int, mode
     if len(keep):
         problems += check_close(residual[keep.start:keep.stop], ref_s[keep.start:keep.stop], "residual")
     if mode == "sharded" and sentinel_rows:
-        others = torch.cat([residual[:keep.start], residual[keep.stop:]])
-        if not bool(torch.all(others == RESIDUAL_SENTINEL)):
-            problems.append(f"residual: rows outside {keep.start}..{keep.stop - 1} (not rank {rank}'s) were written")
+        problems += foreign_rows_problems(residual, rank, world)
     return problems
+
+
+def foreign_rows_problems(residual, rank: int, world: int) -> list[str]:
+    """``[]`` when every row of a sharded residual ``residual`` (`[T, H]`) outside rank ``rank``'s
+    ``owned_rows`` still holds ``RESIDUAL_SENTINEL`` (as ``sharded_residual`` left it), else one line."""
+    keep = owned_rows(residual.shape[0], rank, world)
+    others = torch.cat([residual[:keep.start], residual[keep.stop:]])
+    if bool(torch.all(others == RESIDUAL_SENTINEL)):
+        return []
+    return [f"residual: rows outside {keep.start}..{keep.stop - 1} (not rank {rank}'s) were written"]
