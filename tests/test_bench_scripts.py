@@ -1,6 +1,8 @@
-"""The scripts' reports (scripts/emulated_sweep.py, scripts/sm_bandwidth_probe.py) on synthetic
-documents: emulated results are labelled and given as ratios, never as link figures (no GPU)."""
+"""The scripts' reports (scripts/emulated_sweep.py, scripts/sm_bandwidth_probe.py, scripts/sm_write_probe.py,
+...) on synthetic documents: emulated results are labelled and given as ratios, never as link figures (no GPU)."""
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 from weave_nvshmem.bench import report
@@ -108,3 +110,36 @@ def test_signature_overhead_report():
            "not resolved |" in md
     assert "| lamport (2) | 1 |" in md and md.count("| control |") == 1
     assert "commit abc1234" in md.lower() and "overall **not resolved**" in md and "90% interval" in md
+
+
+def test_sm_write_probe_replot_round_trip(tmp_path):
+    probe = _load("sm_write_probe")
+    base = {1: 63.0, 2: 63.0, 4: 63.0, 8: 62.5, 16: 62.0, 32: 59.0}  # TMA: 4 KB chunks -0.5, issuers / 4 at 32
+    rows = [{"kind": k, "chunk_kb": ck, "issuers": i, "wait_depth": d, "ctas": c, "GB_s": 60.0 * c,
+             "GB_s_per_sm": base[c] - (k == "tma") * ((ck == 4) * 0.5 + (c == 32) * (i or 0) / 4)}
+            for c in probe.CTAS for k, ck, i, d in probe.METHODS]
+    doc = {"name": "sm-write", "stem": "sm-write-nvidia-h200", "device": "NVIDIA H200", "git_commit": "99d106b",
+           "nbytes": probe.NBYTES, "ctas": list(probe.CTAS), "rows": rows}
+    path = tmp_path / "sm-write-nvidia-h200.json"
+    path.write_text(json.dumps(doc))
+    assert probe.main(["--replot", str(path)]) == 0
+    md = (tmp_path / "sm-write-nvidia-h200.md").read_text()
+    assert "commit 99d106b" in md and "over 1 GiB" in md
+    assert "tops out at 62-63 GB/s per SM from 1 to 16 blocks (best of each family; 59 at 32)" in md
+    assert "at most 1.000x the best vector store: TMA bulk stores do not raise" in md
+    assert "TMA 4 KB, 16 warps, wait 2 at 32 blocks, writes 54.5 GB/s" in md
+    assert "| 32 | 59.0 | 58.8 | 54.5 | 0.996x |" in md
+    assert "| TMA 64 KB, 4 warps, wait 8 | 63.0 | 63.0 | 63.0 | 62.5 | 62.0 | 58.0 |" in md
+    assert report.load(path)["rows"] == rows
+    rows[-1]["GB_s_per_sm"] = 59.0 * 1.05  # a TMA row 5% above the vector stores at 32 blocks
+    assert "TMA bulk stores raise an SM's write rate by up to 5%" in probe.markdown(doc)
+
+
+def test_sm_write_probe_committed_report_is_its_json_replotted(tmp_path):
+    probe = _load("sm_write_probe")
+    committed = SCRIPTS.parent / "bench" / "sm-write-nvidia-h200.json"
+    shutil.copy(committed, tmp_path / committed.name)
+    assert probe.main(["--replot", str(tmp_path / committed.name)]) == 0
+    md = (tmp_path / "sm-write-nvidia-h200.md").read_text()
+    assert md == committed.with_suffix(".md").read_text()
+    assert "tops out at 62-63 GB/s per SM from 1 to 16 blocks" in md and "TMA bulk stores do not raise" in md
