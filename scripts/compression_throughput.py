@@ -2,18 +2,17 @@
 emulated (EmulatedWorld(4)), hidden 8192 bf16, 1024 and 8192 tokens (docs/compression.md).
 
     python scripts/compression_throughput.py [--out DIR] [--world 4] [--tokens 1024 8192]
+    python scripts/compression_throughput.py --replot bench/compression-throughput.json   # no GPU
 
 All ranks share one GPU's HBM, so the figures are ratios of our kernels to each other (the kernels'
 own costs: quantize/dequantize work, fewer bytes moved), never link figures: on NVLink the
 compressed kernels move 8.25/16 (fp8, int8 at block 128) or 4.25/16 (mxfp4) of the bytes.
 Timing: one CUDA graph per (kernel, tokens) holding every rank's call; before each of --replays
 replays the inputs are refilled with fresh random data (outside the timed region); CUDA events
-around each replay; the median. Writes compression-throughput.{json,md}.
+around each replay; the median. Writes compression-throughput.{json,md,png}.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,9 +23,7 @@ os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts
 os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # no lazy load inside world.run: see emulated.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from weave_nvshmem.bench import provenance  # noqa: E402
+from weave_nvshmem.bench import provenance, report  # noqa: E402
 from weave_nvshmem.collectives.compression import CompressionSpec  # noqa: E402
 
 HIDDEN = 8192
@@ -37,6 +34,8 @@ KERNELS = {"twoshot": None, "fp8/128": CompressionSpec("fp8"), "fp8/128/input": 
 
 def time_kernel(emu, op, spec, xs, outs, replays: int, ctas, res=None, weight=None) -> float:
     """Median microseconds of one graph replay of every rank's ``op`` ("all_reduce" or "fused")."""
+    import torch
+
     kw = {"algorithm": "twoshot"} if spec is None else {"compression": spec}
     if op == "all_reduce":
         def step(r, c):
@@ -67,17 +66,12 @@ def time_kernel(emu, op, spec, xs, outs, replays: int, ctas, res=None, weight=No
     return statistics.median(times)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("bench"))
-    ap.add_argument("--world", type=int, default=4)
-    ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 8192])
-    ap.add_argument("--replays", type=int, default=25)
-    ap.add_argument("--ctas", type=int, default=32, help="CTAs per rank (every rank's grid must be resident)")
-    args = ap.parse_args(argv)
+def measure(args) -> dict:
+    """The document of a run on GPU 0: provenance, the settings and one row per (op, tokens, kernel)."""
+    import torch
+
     if not torch.cuda.is_available():
-        print("compression_throughput: needs a CUDA GPU")
-        return 2
+        raise SystemExit("compression_throughput: needs a CUDA GPU (--replot JSON redraws a saved run without one)")
     from weave_nvshmem.collectives.channel import workspace_bytes
     from weave_nvshmem.collectives.emulated import EmulatedWorld
 
@@ -109,19 +103,50 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     finally:
         emu.close()
-    rep = {"world": w, "hidden": HIDDEN, "dtype": "bf16", "ctas": ctas, "replays": args.replays,
-           "device": torch.cuda.get_device_name(), "git_commit": provenance.git_commit(), "rows": rows, "seconds": round(time.time() - t0, 1),
-           "note": "EmulatedWorld: all ranks on one GPU's HBM; ratios of our kernels, not link figures"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compression-throughput.json").write_text(json.dumps(rep, indent=1))
-    md = [f"# Compressed all-reduce time, EmulatedWorld({w}), hidden {HIDDEN} bf16, {ctas} CTAs per rank", "",
-          f"{rep['device']}, commit {rep['git_commit'][:10]}.", "",
-          rep["note"] + ". Median of CUDA-graph replays with fresh random inputs.", "",
+    doc = provenance.describe("compression-throughput", torch.cuda.get_device_name(), 1, emulated=True)
+    doc.update(stem="compression-throughput", world=w, hidden=HIDDEN, dtype="bf16", ctas=ctas,
+               replays=args.replays, rows=rows, seconds=round(time.time() - t0, 1))
+    return doc
+
+
+def markdown(doc: dict) -> str:
+    """The table: every kernel's time and its multiple of the uncompressed two-shot's."""
+    md = [f"# Compressed all-reduce time, EmulatedWorld({doc['world']}), hidden {doc['hidden']} bf16, "
+          f"{doc['ctas']} CTAs per rank", "", f"{doc['device']}, commit {report.commit_of(doc)}.", "",
+          report.EMULATED_NOTE + ". Median of CUDA-graph replays with fresh random inputs.", "",
           "| op | tokens | kernel | bits/elem | us | x twoshot |", "|---|---|---|---|---|---|"]
     md += [f"| {r['op']} | {r['tokens']} | {r['kernel']} | {r['bits_per_element']} | {r['us']} | "
-           f"{r['ratio_to_twoshot']} |" for r in rows]
-    (args.out / "compression-throughput.md").write_text("\n".join(md) + "\n")
-    return 0
+           f"{r['ratio_to_twoshot']} |" for r in doc["rows"]]
+    return "\n".join(md) + "\n"
+
+
+def plot(doc: dict, path) -> str | None:
+    """PNG: each kernel's time as a multiple of the two-shot's, per op and token count."""
+    if (mpl := report.pyplot()) is None:
+        return None
+    plt, _ = mpl
+    groups = sorted({(r["op"], r["tokens"]) for r in doc["rows"]}, key=lambda g: (g[0] != "all_reduce", g[1]))
+    kernels = [k for k in KERNELS if k != "twoshot"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    width = 0.8 / len(kernels)
+    for i, k in enumerate(kernels):
+        ys = [next(r["ratio_to_twoshot"] for r in doc["rows"] if (r["op"], r["tokens"]) == g and r["kernel"] == k)
+              for g in groups]
+        ax.bar([x + i * width for x in range(len(groups))], ys, width, label=k)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], [f"{op}\n{t} tokens" for op, t in groups])
+    ax.set_ylabel("time / uncompressed two-shot")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=3)
+    return report.save_figure(plt, fig, path, f"compressed kernels, {doc['device']}, commit {report.commit_of(doc)}")
+
+
+def main(argv=None) -> int:
+    options = (("--world", {"type": int, "default": 4}),
+               ("--tokens", {"type": int, "nargs": "+", "default": [1024, 8192]}),
+               ("--replays", {"type": int, "default": 25}),
+               ("--ctas", {"type": int, "default": 32, "help": "CTAs per rank (every rank's grid must be resident)"}))
+    return report.script_main(argv, __doc__.split("\n")[0], measure, markdown, plot, options)
 
 
 if __name__ == "__main__":

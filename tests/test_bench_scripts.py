@@ -143,3 +143,13 @@ def test_sm_write_probe_committed_report_is_its_json_replotted(tmp_path):
     md = (tmp_path / "sm-write-nvidia-h200.md").read_text()
     assert md == committed.with_suffix(".md").read_text()
     assert "tops out at 62-63 GB/s per SM from 1 to 16 blocks" in md and "TMA bulk stores do not raise" in md
+
+
+def test_compression_throughput_committed_report_is_its_json_replotted(tmp_path):
+    script = _load("compression_throughput")
+    committed = SCRIPTS.parent / "bench" / "compression-throughput.json"
+    shutil.copy(committed, tmp_path / committed.name)
+    assert script.main(["--replot", str(tmp_path / committed.name)]) == 0
+    md = (tmp_path / "compression-throughput.md").read_text()
+    assert md == committed.with_suffix(".md").read_text()
+    assert report.EMULATED_NOTE in md and "| fused | 8192 | mxfp4/32 | 4.25 |" in md
