@@ -71,6 +71,7 @@ def test_calls_cover_every_op_dtype_algorithm_and_mode(calls, world):
              for g in (("compressed",) if op == "all_gather" else compression.GATHERS)}
     want |= {f"{op} compression dtype={dt}" for op in fuzz.COMPRESSED_OPS for dt in fuzz.DTYPES}
     want |= {f"fused_allreduce_rmsnorm compression residual_mode={m}" for m in fuzz.RESIDUAL_MODES}
+    want |= {f"{op} compression algorithm={a}" for op in fuzz.COMPRESSED_OPS for a in compression.algorithms(op)}
     # zero copy: every op, and on every algorithm (twoshot and pull read the input in place)
     want |= {f"{op} zero_copy" for op in fuzz.COMPRESSED_OPS}
     want |= {f"{op} zero_copy algorithm={a}" for op in fuzz.COMPRESSED_OPS for a in fuzz.algorithms(op, world)}
@@ -136,7 +137,7 @@ def test_every_call_is_valid(calls, world, monkeypatch):
         q = _validated(c).compression
         assert q == c.compression, c
         if q is not None:
-            assert c.op in fuzz.COMPRESSED_OPS and c.algorithm == "auto", c
+            assert c.op in fuzz.COMPRESSED_OPS and c.algorithm in compression.algorithms(c.op), c
             assert q.block in compression.BLOCKS[q.format] and (c.op != "all_gather" or q.gather == "compressed"), c
             if c.op == "fused_allreduce_rmsnorm":
                 assert c.shape[1] % q.block == 0, c
@@ -148,7 +149,7 @@ def test_every_call_is_valid(calls, world, monkeypatch):
                 total = n * (world if c.op == "all_gather" else 1)
                 assert total % (q.block * (1 if c.op == "all_reduce" else world)) == 0, c
                 if total:
-                    launch = plan.plan_compressed(c.op, total, dt, world, q, c.ctas)
+                    launch = plan.plan_compressed(c.op, total, dt, world, q, c.ctas, c.algorithm)
                     assert launch.grid <= cap and (launch.fmt, launch.qblock) == (q.format, q.block), c
             continue
         if c.op == "all_reduce":
@@ -397,12 +398,13 @@ def test_runner_names_a_compressed_result_off_the_model(on_cpu):
 
 def test_algorithms_come_from_the_kernel_table():
     """A new algorithm in ptx/table.py is fuzzed without an edit here (the compressed kernels,
-    "twoshot_q", are chosen by ``compression=``, not by name)."""
+    "twoshot_q" and "pull_q", are chosen by ``compression=``, not by name)."""
     from weave_nvshmem.ptx import table
 
     for op in ("all_reduce", "fused_allreduce_rmsnorm"):
         for world in WORLDS:
-            assert set(fuzz.algorithms(op, world)) == ({"auto"} | set(table.algorithms(op))) - {"local", "twoshot_q"}
+            assert set(fuzz.algorithms(op, world)) == ({"auto"} | set(table.algorithms(op))) - {
+                "local", *compression.ALGORITHMS.values()}
 
 
 def test_long_run_options():

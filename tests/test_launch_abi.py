@@ -65,8 +65,8 @@ def test_table_matches_the_ptx_entry(v):
         assert lo == hi == 32 * int(variant["shape"][1:])
     else:  # the row block: 32..512 threads
         assert (lo, hi) == (32, 512)
-    # only pull.ptx uses dynamic shared memory (opted in by the loader above 48 KB)
-    assert spec.smem == (table.PULL_SMEM if spec.algorithm == "pull" else 0)
+    # only the pull transport's kernels use dynamic shared memory (opted in by the loader above 48 KB)
+    assert spec.smem == (table.PULL_SMEM if spec.algorithm in ("pull", "pull_q") else 0)
     assert (spec.flags is None) == ("p_flags" not in dict(got))
 
 
@@ -138,7 +138,7 @@ def make_comm(monkeypatch):
 def check_launch(rec):
     assert len(rec.launches) == 1
     grid, block, (spec, dtype, world, entry), args, shmem = rec.launches[0]
-    assert shmem == spec.smem == (table.PULL_SMEM if spec.algorithm == "pull" else 0)
+    assert shmem == spec.smem == (table.PULL_SMEM if spec.algorithm in ("pull", "pull_q") else 0)
     types, (lo, hi) = entry_signature(*spec.render_args(dtype, world), entry)
     got = [NP_TO_PTX.get(type(a), type(a).__name__) for a in args]
     assert got == types, f"{entry}: host passes {got}, kernel declares {types}"

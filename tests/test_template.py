@@ -113,6 +113,15 @@ def test_nested_include(tmp_path):
         "o1", "i1-10", "o2", "i2-20"]
 
 
+def test_default_binds_only_unbound_names(tmp_path):
+    """A fragment's ``//@default`` is its usual value; an includer's binding (or an argument) wins."""
+    (tmp_path / "p.ptxinc").write_text("//@default S = 'global'\nld.${S}\n")
+    text = "//@include p.ptxinc\n//@include p.ptxinc S='shared'\n//@set S = 'const'\n//@include p.ptxinc"
+    assert lines(text, directory=tmp_path) == ["ld.global", "ld.shared", "ld.const"]
+    with pytest.raises(TemplateError, match="default needs NAME"):
+        render("//@default 3", {})
+
+
 def test_include_needs_a_directory():
     with pytest.raises(TemplateError, match="include"):
         render("//@include x.ptxinc", {})

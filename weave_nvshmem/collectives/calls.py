@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..memory.interop import op_stream, to_torch
 from ..ptx.catalog import VEC_ELEMS
-from .compression import CompressionSpec, check as check_compression
+from .compression import CompressionSpec, algorithms as compressed_algorithms, check as check_compression
 from .plan import ptx_dtype
 
 __all__ = ["Call", "VALIDATE", "all_reduce", "scatter_gather", "fused_allreduce_rmsnorm", "barrier", "put",
@@ -148,9 +148,10 @@ def _compression(op, compression, numel, world, algorithm="auto", chunk=None):
     spec = CompressionSpec.of(compression)
     if spec is None:
         return None
-    if algorithm != "auto":
-        raise ValueError(f"{op}: compression runs its own two-shot kernel; pass algorithm='auto' with it "
-                         f"(got {algorithm!r})")
+    allowed = compressed_algorithms(op)
+    if algorithm not in allowed:
+        raise ValueError(f"{op}: compression runs its own kernels; pass algorithm="
+                         f"{' or '.join(repr(a) for a in allowed)} with it (got {algorithm!r})")
     if op == "fused_allreduce_rmsnorm" and numel % spec.block:
         raise ValueError(f"{op}: compression {spec.format} with block {spec.block} needs the hidden size to be a "
                          f"multiple of {spec.block} (got {numel})")

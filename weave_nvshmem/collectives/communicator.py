@@ -246,7 +246,8 @@ class Communicator:
             return planning.plan_compressed_fused(*call.x.shape, dt, self.world, call.compression, call.ctas,
                                                   call.sharded, residual=call.residual is not None)
         if call.compression is not None:
-            return planning.plan_compressed(op, call.numel, dt, self.world, call.compression, call.ctas)
+            return planning.plan_compressed(op, call.numel, dt, self.world, call.compression, call.ctas,
+                                            call.algorithm)
         ch = self._channels[call.channel]
         zero_copy = call.x.data_ptr() % 16 == 0 and self._fabric.zero_copy(ch, call.x)
         if op == "all_reduce":
@@ -370,8 +371,8 @@ class Communicator:
         compression : str, dict or compression.CompressionSpec, optional
             Blockwise low-bit compression of the traffic (``"fp8"``, ``"int8"``, ``"mxfp4"``, or
             ``CompressionSpec(format, block, gather)``; docs/compression.md): the compressed
-            two-shot kernel, ``algorithm`` must stay ``"auto"``, ``x.numel()`` a multiple of the
-            block. None: uncompressed.
+            two-shot kernel (``algorithm`` ``"auto"``) or its pull form (``"pull"``, the same bits),
+            ``x.numel()`` a multiple of the block. None: uncompressed.
 
         Returns
         -------
@@ -443,7 +444,7 @@ class Communicator:
             As in ``all_reduce``; ``out`` is ``[T, H]`` and must not overlap ``x``, ``residual``
             or ``weight`` (ValueError). Only ``x`` and ``weight``, both read-only, may share bytes.
         compression : str, dict or compression.CompressionSpec, optional
-            As in ``all_reduce`` (H a multiple of the block; docs/compression.md): the partial rows
+            As in ``all_reduce`` (H a multiple of the block, ``algorithm="auto"``): the partial rows
             travel quantized, the owner sums, adds and normalises in fp32, the gather re-quantizes
             (the residual rows, replicated; the out rows, sharded) or sends the input dtype. Every
             rank ends with the same bits, but not the uncompressed kernels' bits.

@@ -6,7 +6,9 @@ owner (the scales in the same staging slot as the data), the owner dequantizes a
 in rank order 0..W-1, and the gather sends the sums re-quantized (``gather="compressed"``) or in
 the input dtype (``gather="input"``). Every rank ends with the same bits: the owner's own blocks
 are the dequantized values the peers receive. The kernels are compressed.ptx's
-(``algorithm="twoshot_q"`` in the kernel table); the float-exact CPU model is ``quantize.py``.
+(``"twoshot_q"`` in the kernel table) and, with ``algorithm="pull"``, compressed_pull.ptx's
+(``"pull_q"``: each rank quantizes into its own staging, the owners bulk-load; the same bits);
+the float-exact CPU model is ``quantize.py``.
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from dataclasses import dataclass
 
 from ..ptx.table import COMPRESSED_VARIANTS
 
-__all__ = ["CompressionSpec", "FORMATS", "BLOCKS", "DEFAULT_BLOCK", "GATHERS", "ALGORITHM", "check",
+__all__ = ["CompressionSpec", "FORMATS", "BLOCKS", "DEFAULT_BLOCK", "GATHERS", "ALGORITHMS", "algorithms", "check",
            "staging_bytes", "wire_bytes"]
 
-#: the kernel-table algorithm of the compressed kernels (never an ``algorithm=`` value)
-ALGORITHM = "twoshot_q"
+#: ``algorithm=`` -> the kernel-table algorithm of the compressed kernel it runs (never an
+#: ``algorithm=`` value itself): "auto" the two-shot push (compressed.ptx), "pull" the pull
+#: transport (compressed_pull.ptx; not for fused_allreduce_rmsnorm)
+ALGORITHMS = {"auto": "twoshot_q", "pull": "pull_q"}
 #: format -> the block sizes compressed.ptx renders
 BLOCKS = {f: tuple(b for g, b in COMPRESSED_VARIANTS if g == f) for f in dict.fromkeys(g for g, _ in COMPRESSED_VARIANTS)}
 FORMATS = tuple(BLOCKS)
@@ -107,6 +111,11 @@ class CompressionSpec:
     def bits_per_element(self) -> float:
         """Bits on the wire per element, scales included (fp8/int8 at 128: 8.25; mxfp4: 4.25)."""
         return 8 * (self.payload_bytes + self.scale_bytes) / self.block
+
+
+def algorithms(op: str) -> tuple:
+    """The ``algorithm=`` values a compressed ``op`` takes (``ALGORITHMS``' keys it has a kernel for)."""
+    return ("auto",) if op == "fused_allreduce_rmsnorm" else tuple(ALGORITHMS)
 
 
 def check(op: str, spec: CompressionSpec, numel: int, world: int, *, chunk: int | None = None) -> None:

@@ -16,24 +16,21 @@ from dataclasses import dataclass
 from ..ptx import table
 from ..ptx.catalog import LAMPORT_SLOT, MAX_CTAS, VEC_ELEMS
 from ..ptx.table import AllReduceFlags, CompressedFlags, CompressedFusedFlags, FusedFlags, KernelSpec
-from . import tuning
+from . import compression, tuning
 
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
-           "plan_compressed", "plan_compressed_fused",
-           "fused_block", "row_group",
-           "owned_rows", "staging_bytes", "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS",
-           "SCATTER_GATHER_ALGORITHMS", "PULL_CTAS", "pull_chunk_vectors",
-           "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
+           "plan_compressed", "plan_compressed_fused", "fused_block", "row_group", "owned_rows", "staging_bytes",
+           "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS", "SCATTER_GATHER_ALGORITHMS", "PULL_CTAS",
+           "pull_chunk_vectors", "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 #: ``algorithm=`` values: "auto" and what the kernel table offers (multicast twins are a transport
-#: of "twoshot", chosen by the channel, not by name)
-#: ("twoshot_q", compressed.ptx, is chosen by ``compression=``, never by name)
+#: of "twoshot", chosen by the channel; the compressed kernels, by ``compression=``: never by name)
 
 
 def _named(op: str) -> tuple:
-    return ("auto",) + tuple(a for a in table.algorithms(op) if a != "twoshot_q")
+    return ("auto",) + tuple(a for a in table.algorithms(op) if a not in compression.ALGORITHMS.values())
 
 
 ALLREDUCE_ALGORITHMS = _named("all_reduce")
@@ -291,18 +288,18 @@ def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, 
     return _make(op, kind, "p2p", dtype, world, ctas, flags, f"{given}{op}: {name}'s {op} mode; {why}")
 
 
-def _compressed_grid(spec, own: int, ctas, unit: str) -> tuple:
-    """(ctas, reason) of a compressed kernel whose rank owns ``own`` units (a warp each)."""
+def _compressed_grid(spec, own: int, ctas, unit: str, per: int = 16, cap: int = 32) -> tuple:
+    """(ctas, reason) of a compressed kernel whose rank owns ``own`` units: one CTA per ``per``."""
     reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
     if ctas is not None:
         return ctas, reason + "; ctas given"
-    return max(1, min(32, -(-own // 16))), reason + f"; grid: one CTA per 16 {unit} a rank owns, at most 32"
+    return max(1, min(cap, -(-own // per))), reason + f"; grid: one CTA per {per} {unit} a rank owns, at most {cap}"
 
 
-def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None) -> Launch:
+def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None, algorithm: str = "auto") -> Launch:
     """Plan a compressed ``all_reduce``, ``reduce_scatter`` or ``all_gather`` (``op``):
-    compressed.ptx's entry for ``spec`` (a ``compression.CompressionSpec``), a device copy at
-    world 1 (nothing crosses a link).
+    compressed.ptx's entry for ``spec`` (a ``compression.CompressionSpec``), or with ``algorithm``
+    ``"pull"`` compressed_pull.ptx's (the same bits); a device copy at world 1 (nothing crosses a link).
 
     Parameters
     ----------
@@ -310,25 +307,29 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
         ``"all_reduce"``, ``"reduce_scatter"`` or ``"all_gather"``.
     numel : int
         Elements of the reduced (all_gather: gathered) tensor, a multiple of ``spec.block``.
-    dtype, world, ctas
-        As in ``plan_all_reduce``.
+    dtype, world, ctas, algorithm
+        As in ``plan_all_reduce``; ``algorithm`` ``"auto"`` or ``"pull"`` (``compression.ALGORITHMS``).
 
     Returns
     -------
     Launch
-        ``algorithm == "twoshot_q"``, ``fmt``/``qblock`` the spec's; the grid one CTA per 16
-        blocks a rank owns (a warp per block), at most 32.
+        ``"twoshot_q"`` (one CTA per 16 blocks a rank owns, at most 32) or ``"pull_q"`` (one per pull
+        chunk, at most ``PULL_CTAS``); ``fmt``/``qblock`` the spec's.
     """
     ctas = _check_ctas(ctas, op)
     if world == 1:
         return _copy(op, dtype, "nothing crosses a link at one rank")
-    _vec_elems(dtype, op)
-    ctas, reason = _compressed_grid(spec, -(-(numel // spec.block) // world), ctas, "blocks")
+    ve = _vec_elems(dtype, op)
+    own = -(-(numel // spec.block) // world)
+    kind = compression.ALGORITHMS[algorithm]
+    # compressed_pull.ptx's chunk: the blocks of a pull.ptx chunk's bytes in the input dtype
+    ctas, reason = (_compressed_grid(spec, own, ctas, "blocks") if kind == "twoshot_q" else _compressed_grid(
+        spec, own, ctas, "blocks (a pull chunk)", pull_chunk_vectors(world) * ve // spec.block, PULL_CTAS))
     flags = {"all_reduce": CompressedFlags.NONE, "reduce_scatter": CompressedFlags.REDUCE_SCATTER,
              "all_gather": CompressedFlags.ALL_GATHER}[op]
     if spec.gather == "input" and op == "all_reduce":
         flags |= CompressedFlags.GATHER_INPUT
-    base = _make(op, "twoshot_q", "p2p", dtype, world, ctas, flags, reason)
+    base = _make(op, kind, "p2p", dtype, world, ctas, flags, reason)
     return dataclasses.replace(base, fmt=spec.format, qblock=spec.block)
 
 

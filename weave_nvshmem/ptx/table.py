@@ -54,7 +54,8 @@ class FusedFlags(enum.IntFlag):
 
 
 class CompressedFlags(enum.IntFlag):
-    """``p_flags`` of compressed.ptx (the blockwise low-bit two-shot, ``algorithm="twoshot_q"``).
+    """``p_flags`` of compressed.ptx (the blockwise low-bit two-shot, ``algorithm="twoshot_q"``) and
+    compressed_pull.ptx (the same on the pull transport, ``"pull_q"``).
 
     ``REDUCE_SCATTER`` (1): stop after the sum, ``out`` is the own segment (rounded, not
     re-quantized). ``ALL_GATHER`` (2): no push and no sum; the input is this rank's chunk, sent
@@ -237,6 +238,13 @@ KERNELS: tuple = (
     KernelSpec("fused_allreduce_rmsnorm", "pull", "p2p", "fused_pull.ptx", "wn_fused_pull_{dtype}_w{world}",
                _FUSED + (("vthreads", "u32"),), FusedFlags.SHARDED | FusedFlags.RESIDUAL | FusedFlags.ZERO_COPY,
                512, smem=PULL_SMEM),
+    # compressed.ptx's collectives on the pull transport (compressed_pull.ptx): its bits, pull.ptx's
+    # data movement (each rank quantizes into its own staging, the owners bulk-load the blocks)
+    *(KernelSpec(op, "pull_q", "p2p", "compressed_pull.ptx", "wn_pull_q_{fmt}_{dtype}_w{world}_b{qblock}", _AR,
+                 flags, 512, ("fmt", "qblock"), COMPRESSED_VARIANTS, smem=PULL_SMEM)
+      for op, flags in (("all_reduce", CompressedFlags.GATHER_INPUT),
+                        ("reduce_scatter", CompressedFlags.REDUCE_SCATTER),
+                        ("all_gather", CompressedFlags.ALL_GATHER))),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}

@@ -8,7 +8,9 @@ PTX has no macros worth using, so kernel files carry a few directives on comment
 - ``//@include FILE key=EXPR ...`` inserts another template (``*.ptxinc``) rendered with
   the current parameters plus the given ones (an EXPR runs to the next `` key=``, so it may hold
   spaces: ``S=("%r" if OCC else "%w")+str(k)``);
-- ``//@set NAME = EXPR`` binds NAME for the rest of the enclosing block (a ``for`` body, say).
+- ``//@set NAME = EXPR`` binds NAME for the rest of the enclosing block (a ``for`` body, say);
+  ``//@default NAME = EXPR`` does the same unless NAME is bound already (a fragment's parameter
+  that most includers leave at its usual value).
 
 Templates are our own files, so ``eval`` over the parameter dict is acceptable here.
 """
@@ -117,11 +119,12 @@ def _render_block(lines, pos, params, out, directory, name, stop):
                     _render_block(body, 0, params, out, directory, name, stop=())
                     break
             pos = i + 1
-        elif word == "set":
+        elif word in ("set", "default"):
             var, eq, expr = arg.partition("=")
             if not eq or not var.strip().isidentifier():
-                raise TemplateError(f"{where}: //@set needs NAME = EXPR")
-            params[var.strip()] = _eval(expr, params, where)
+                raise TemplateError(f"{where}: //@{word} needs NAME = EXPR")
+            if word == "set" or var.strip() not in params:
+                params[var.strip()] = _eval(expr, params, where)
             pos += 1
         elif word == "include":
             file, rest = (arg.split(None, 1) + ["", ""])[:2]

@@ -4,9 +4,9 @@ rebuilt alone from the one line its failure prints, and the generator is tested 
 A call draws an op (every collective and the barrier), a dtype, an algorithm from the planner's
 public lists, a shape (0 and 1 element, odd sizes, up to ``MAX_BYTES`` of staging), a CTA count,
 a channel, eager or CUDA-graph execution, compression (``compression.CompressionSpec``: every
-format, block and gather, on ``COMPRESSED_OPS``) and a zero-copy (symmetric) input, always a valid
-combination for an emulated world of ``world`` ranks on one GPU (``runner.Fuzzer`` runs and checks
-them there).
+format, block and gather, on ``COMPRESSED_OPS``, on both transports where the op has them) and a
+zero-copy (symmetric) input, always a valid combination for an emulated world of ``world`` ranks
+on one GPU (``runner.Fuzzer`` runs and checks them there).
 """
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ class FuzzCall:
         The shape of each rank's ``x``: `[...]` (all_reduce), `[world*n, ...]` (reduce_scatter),
         `[n, ...]` (all_gather), `[T, H]` (fused).
     algorithm : str or None
-        Every collective (``"auto"`` when compressed: the compressed kernel is chosen by
-        ``compression``); None for the barrier.
+        Every collective (compressed: ``"auto"``, compressed.ptx, or ``"pull"``, compressed_pull.ptx,
+        where the op has it: ``compression.algorithms``); None for the barrier.
     ctas : int or None
         None: the planner's grid (drawn only at 2 ranks, where it is always resident).
     channel : int
@@ -191,6 +191,12 @@ def _compression(rng: random.Random, op: str) -> CompressionSpec | None:
     return CompressionSpec(fmt, rng.choice(compression.BLOCKS[fmt]), gather)
 
 
+def _algorithm(rng: random.Random, op: str, spec: CompressionSpec | None, algs) -> str:
+    """The call's ``algorithm=``: one of ``algs``, or for a compressed call one of the compressed
+    kernels' (``compression.algorithms``: "auto", the two-shot, or "pull")."""
+    return rng.choice(algs if spec is None else compression.algorithms(op))
+
+
 def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
     """Call ``index`` of the run ``(seed, world)``: a valid call of a random op (pure function).
 
@@ -231,11 +237,11 @@ def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
             shape = (rows,) + inner
         vec_bytes = -(-math.prod(shape) * es // 16) * 16
         algs = [a for a in algorithms(op, world) if a != "lamport" or vec_bytes <= LAMPORT_SLOT]
-        return FuzzCall(**call, shape=shape, algorithm="auto" if spec else rng.choice(algs))
+        return FuzzCall(**call, shape=shape, algorithm=_algorithm(rng, op, spec, algs))
     if op in ("reduce_scatter", "all_gather"):
         rows, inner = _rows_and_inner(rng, world, dtype, unit)  # each rank's chunk: whole units
         return FuzzCall(**call, shape=((world * rows if op == "reduce_scatter" else rows),) + inner,
-                        algorithm="auto" if spec else rng.choice(algorithms(op, world)))
+                        algorithm=_algorithm(rng, op, spec, algorithms(op, world)))
     if rng.random() < 0.3:
         hidden = rng.choice((4096, 5120, 7168, 8192))  # multiples of every block
     else:
@@ -245,7 +251,7 @@ def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
     algs = [a for a in algorithms(op, world)
             if not (mode == "sharded" and a in REPLICATED_ONLY)
             and (a != "lamport" or tokens * hidden * es <= LAMPORT_SLOT)]
-    return FuzzCall(**call, shape=(tokens, hidden), algorithm="auto" if spec else rng.choice(algs),
+    return FuzzCall(**call, shape=(tokens, hidden), algorithm=_algorithm(rng, op, spec, algs),
                     residual_mode=mode, residual=rng.random() < 0.8, eps=rng.choice((1e-6, 1e-5)))
 
 
@@ -260,7 +266,7 @@ def coverage(calls) -> collections.Counter:
     """How often ``calls`` drew each op, dtype, algorithm, residual mode, execution, CTA choice,
     channel, empty or one-element shape, compression (format:block, gather) and zero copy (keys
     such as ``"all_reduce algorithm=lamport"``, ``"all_gather compression=mxfp4:32"``,
-    ``"reduce_scatter zero_copy algorithm=pull"``; an algorithm counts for uncompressed calls)."""
+    ``"all_reduce compression algorithm=pull"``, ``"reduce_scatter zero_copy algorithm=pull"``)."""
     seen = collections.Counter()
     for c in calls:
         keys = [f"op={c.op}", "graph" if c.graph else "eager", f"channel={c.channel}"]
@@ -271,7 +277,7 @@ def coverage(calls) -> collections.Counter:
         q = c.compression
         if q is not None:
             keys += [f"{c.op} compression={q.format}:{q.block}", f"{c.op} compression gather={q.gather}",
-                     f"{c.op} compression dtype={c.dtype}"]
+                     f"{c.op} compression dtype={c.dtype}", f"{c.op} compression algorithm={c.algorithm}"]
             if c.op == "fused_allreduce_rmsnorm":
                 keys.append(f"{c.op} compression residual_mode={c.residual_mode}")
         elif c.algorithm is not None:
