@@ -1,5 +1,6 @@
 """SM footprint of the transports on one GPU, ranks emulated: the pull transport (pull.ptx: TMA bulk
-loads from the peers, every byte written once locally) against the two-shot kernels, by CTA count.
+loads from the peers, every byte written once locally) and the copy-engine transport (ce.ptx: device
+copies move the bytes, the SMs only reduce the own segment) against the two-shot kernels, by CTA count.
 
 What it shows: time per call, CTAs x time (SM-microseconds a call occupies), and the bytes each SM
 reads and writes per call, computed from each algorithm's traffic (``traffic``), next to the
@@ -11,8 +12,10 @@ kernel / SM-footprint figures, never link figures.
     python scripts/transport_footprint.py --replot DIR/transport-footprint-<device>.json   # no GPU
 
 EmulatedWorld(4); all_reduce and the fused op (replicated residual), each pull (pull.ptx,
-fused_pull.ptx) and twoshot, at 1024 and 8192 tokens x hidden 8192 bf16, zero copy and staged,
-2/4/8/16/32 CTAs per rank. Timed by the public harness: a CUDA graph of STEPS calls on SETS input sets per
+fused_pull.ptx), copyengine (staged only: it copies every input) and twoshot, at 1024 and 8192
+tokens x hidden 8192 bf16, zero copy and staged, 2/4/8/16/32 CTAs per rank. On one GPU the
+copyengine's device copies run on SMs beside its CTAs: its time per call includes them, so its
+"CTAs x us" understates the SMs it took here (on NVLink the copy engines would do that work). Timed by the public harness: a CUDA graph of STEPS calls on SETS input sets per
 rank, inputs regenerated and L2 evicted before every replay, median of REPLAYS. < 120 s on one H200.
 """
 from __future__ import annotations
@@ -28,7 +31,8 @@ WORLD, HIDDEN = 4, 8192
 TOKENS = (1024, 8192)
 CTAS = (2, 4, 8, 16, 32)
 #: (op, algorithm) rows ("fused": fused_allreduce_rmsnorm, replicated residual)
-CASES = (("all_reduce", "pull"), ("all_reduce", "twoshot"), ("fused", "pull"), ("fused", "twoshot"))
+CASES = (("all_reduce", "pull"), ("all_reduce", "copyengine"), ("all_reduce", "twoshot"), ("fused", "pull"),
+         ("fused", "copyengine"), ("fused", "twoshot"))
 STEPS, SETS, REPLAYS = 4, 2, 10
 #: per-SM rates on one H200 (scripts/sm_bandwidth_probe.py and the project's earlier measurements)
 RATES_GB_S = {"read_tma": 199.0, "read_vector": 128.0, "write": 48.0}
@@ -51,8 +55,18 @@ def traffic(op: str, algorithm: str, zero_copy: bool, n: int, w: int, sharded: b
     (w-1)n/w, pull normalises it from the stage; sharded (``sharded``): pulls the out rows
     (w-1)n/w and writes them to out (w-1)n/w.
     ``remote_write``: bytes of the writes that go to a peer (pull: none).
+    copyengine (always staged): the SMs run only the reduce -- all_reduce: reads n, writes out +
+    result 2n/w; fused: reads n + the residual rows n/w + s again n/w, writes residual + out +
+    result 3n/w (replicated: + the s slot, 4n/w). ``copied``: bytes its device copies move per
+    rank, (w-1)n/w in and (w-1)n/w out (replicated fused: 2(w-1)n/w out); no SM writes remotely.
     """
     seg, other = n / w, (w - 1) * n / w
+    if algorithm == "copyengine":
+        if op == "all_reduce":
+            return {"read": n, "written": 2 * seg, "remote_write": 0.0, "copied": 2 * other}
+        gather = 1 if sharded else 2
+        return {"read": n + 2 * seg, "written": (3 if sharded else 4) * seg, "remote_write": 0.0,
+                "copied": (1 + gather) * other}
     if op == "all_reduce":
         read, written = n + other, 2 * seg + other
     else:
@@ -109,7 +123,7 @@ def measure(args) -> dict:
                         res[s][r].normal_()
 
             for op, algorithm in CASES:
-                for zero_copy in (True, False):
+                for zero_copy in ((False,) if algorithm == "copyengine" else (True, False)):
                     src = sym if zero_copy else plain
                     for ctas in CTAS:
                         if ctas * WORLD > world.sms:
@@ -124,7 +138,8 @@ def measure(args) -> dict:
                                      "ctas": ctas, "us": round(m["us"], 2), "cta_us": round(ctas * m["us"], 1),
                                      "read_per_sm_MB": round(t["read"] / ctas / 1e6, 3),
                                      "written_per_sm_MB": round(t["written"] / ctas / 1e6, 3),
-                                     "remote_written_per_sm_MB": round(t["remote_write"] / ctas / 1e6, 3)})
+                                     "remote_written_per_sm_MB": round(t["remote_write"] / ctas / 1e6, 3),
+                                     "copied_MB": round(t.get("copied", 0.0) / 1e6, 3)})
                         h.log(f"{rows[-1]} ({time.perf_counter() - t_start:.0f} s)")
             for s in sym:
                 world.free(s)
@@ -145,16 +160,17 @@ def markdown(doc: dict) -> str:
              f"Per-SM rates: reads {r8['read_tma']:.0f} GB/s (TMA bulk loads), {r8['read_vector']:.0f} GB/s "
              f"(16-byte vector loads); writes {r8['write']:.0f} GB/s. Bytes per SM = the algorithm's bytes per "
              "rank per call (below) / CTAs; 'SM bound' = read/rate + written/write-rate per SM (TMA rate for "
-             "pull, vector rate for twoshot).", "",
+             "pull, vector rate for twoshot and copyengine; the copyengine's device copies are not in it).", "",
              "| op | algorithm | zero copy | tokens | CTAs | us/call | CTAs x us | MB read/SM | MB written/SM "
-             "| of which remote | SM bound us |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| of which remote | SM bound us | MB copied (device copies, per rank) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
         rate = r8["read_tma"] if r["algorithm"] == "pull" else r8["read_vector"]
         bound = r["read_per_sm_MB"] * 1e6 / (rate * 1e9) * 1e6 + r["written_per_sm_MB"] * 1e6 / (r8["write"] * 1e9) * 1e6
         lines.append(f"| {r['op']} | {r['algorithm']} | {'yes' if r['zero_copy'] else 'no'} | {r['tokens']} | "
                      f"{r['ctas']} | {r['us']:.1f} | {r['cta_us']:.0f} | {r['read_per_sm_MB']:.2f} | "
-                     f"{r['written_per_sm_MB']:.2f} | {r['remote_written_per_sm_MB']:.2f} | {bound:.0f} |")
+                     f"{r['written_per_sm_MB']:.2f} | {r['remote_written_per_sm_MB']:.2f} | {bound:.0f} | "
+                     f"{r.get('copied_MB', 0.0):.1f} |")
     lines += ["", "Traffic per rank per call (n input bytes, w ranks):", "", "```", doc["traffic_formula"].strip(),
               "```"]
     return "\n".join(lines) + "\n"
@@ -172,13 +188,13 @@ def plot(doc: dict, path):
     panels = sorted({(r["op"], r["tokens"]) for r in doc["rows"]})
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
     for ax, (op, tokens) in zip(axes[0], panels):
-        for alg in ("pull", "twoshot"):
+        for alg in ("pull", "copyengine", "twoshot"):
             for zc in (True, False):
                 rows = sorted((r for r in doc["rows"] if (r["op"], r["tokens"], r["algorithm"], r["zero_copy"])
                                == (op, tokens, alg, zc)), key=lambda r: r["ctas"])
                 if rows:
                     ax.plot([r["ctas"] for r in rows], [r["us"] for r in rows], marker="o",
-                            ls="-" if zc else "--", color="C0" if alg == "pull" else "C1",
+                            ls="-" if zc else "--", color={"pull": "C0", "twoshot": "C1"}.get(alg, "C2"),
                             label=f"{alg}{'' if zc else ' (staged)'}")
         ax.set_xscale("log", base=2)
         ax.set(yscale="log", xlabel="CTAs per rank", title=f"{op}, {tokens} tokens")
@@ -186,7 +202,7 @@ def plot(doc: dict, path):
         ax.minorticks_off()
     axes[0][0].set_ylabel("us per call")
     axes[0][0].legend(fontsize=7)
-    return report.save_figure(plt, fig, path, f"pull vs twoshot, EmulatedWorld({doc['world']}), hidden "
+    return report.save_figure(plt, fig, path, f"pull and copyengine vs twoshot, EmulatedWorld({doc['world']}), hidden "
                               f"{doc['hidden']} {doc['dtype']}, {doc['device']}, commit {report.commit_of(doc)}")
 
 

@@ -54,6 +54,13 @@ def test_transport_footprint_traffic_and_table():
     assert fp.traffic("fused", "twoshot", True, n, w, sharded=True)["read"] == n + 2 * n / 4 + 3 * n / 4
     assert fp.traffic("fused", "pull", False, n, w)["remote_write"] == 0.0  # copied into our own staging
     assert fp.traffic("fused", "twoshot", False, n, w)["remote_write"] == 3 * n / 4
+    # copyengine: the SMs only reduce; the device copies move the rest
+    assert ("all_reduce", "copyengine") in fp.CASES and ("fused", "copyengine") in fp.CASES
+    assert fp.traffic("all_reduce", "copyengine", False, n, w) == {"read": n, "written": 2 * n / 4, "remote_write": 0.0,
+                                                                   "copied": 2 * 3 * n / 4}
+    assert fp.traffic("fused", "copyengine", False, n, w) == {"read": n + 2 * n / 4, "written": 4 * n / 4,
+                                                              "remote_write": 0.0, "copied": 3 * 3 * n / 4}
+    assert fp.traffic("fused", "copyengine", False, n, w, sharded=True)["copied"] == 2 * 3 * n / 4
     row = {"op": "all_reduce", "algorithm": "pull", "zero_copy": True, "tokens": 8192, "ctas": 8, "us": 500.0,
            "cta_us": 4000.0, "read_per_sm_MB": 19.9, "written_per_sm_MB": 4.8, "remote_written_per_sm_MB": 0.0}
     doc = {"device": "NVIDIA H200", "git_commit": "abc", "world": 4, "dtype": "bfloat16", "hidden": 8192,

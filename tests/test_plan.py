@@ -45,7 +45,7 @@ def test_plan_all_reduce_valid_and_deterministic(dtype, world, algorithm):
         if world == 1 and algorithm == "auto":  # one rank: a device copy, no kernel
             assert p.algorithm == "copy" and p.kernel is None and p.entry is None
             continue
-        assert p.algorithm in ("lamport", "oneshot", "twoshot", "pull")
+        assert p.algorithm in ("lamport", "oneshot", "twoshot", "pull", "copyengine")
         if algorithm != "auto":
             assert p.algorithm == algorithm
         assert p.kernel is plan.table.spec("all_reduce", p.algorithm) and p.entry.endswith(f"_{dtype}_w{world}")
@@ -120,7 +120,7 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
                 continue
             p = plan_fused(rows, hidden, dtype, world, algorithm)
             assert p == plan_fused(rows, hidden, dtype, world, algorithm)
-            assert p.algorithm in ("lamport", "oneshot", "twoshot", "local", "pull")
+            assert p.algorithm in ("lamport", "oneshot", "twoshot", "local", "pull", "copyengine")
             assert (p.algorithm == "local") == (world == 1 and algorithm in ("auto", "local"))
             if algorithm != "auto":
                 assert p.algorithm == algorithm
@@ -134,7 +134,7 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
                 assert p.entry == f"wn_fused_local_{dtype}_{plan.LOCAL_SHAPE}_v{p.vpt}"
                 continue
             assert 1 <= p.grid <= MAX_CTAS
-            if p.algorithm == "twoshot":  # 16 warps, a group of them per row
+            if p.algorithm in ("twoshot", "copyengine"):  # 16 warps, a group of them per row
                 assert p.block == plan.TWOSHOT_BLOCK and p.group == plan.row_group(-(-(-(-rows // world)) // p.grid))
                 continue
             assert p.block % 32 == 0 and 32 <= p.block <= 512

@@ -96,9 +96,9 @@ def _entries(kernel, dtype, world):
 
 def _expected():
     """(file, dtype, world) -> entry names the communicator (or its multicast path) can request."""
-    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "pull")]
-    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "twoshot", "local", "pull")]
-    exp = {("copy.ptx", None, 1): {"wn_copy"}}
+    algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "pull", "copyengine")]
+    fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "twoshot", "local", "pull", "copyengine")]
+    exp = {("copy.ptx", None, 1): {"wn_copy"}, ("cewait.ptx", None, 1): {"wn_ce_wait"}}
     for dt in catalog.DTYPES:
         exp[("fused_local.ptx", dt, 1)] = {f"wn_fused_local_{dt}_{plan.LOCAL_SHAPE}_v{v}" for v in VPTS}
     for world in catalog.TEST_WORLDS:
@@ -110,6 +110,8 @@ def _expected():
             exp[("pull.ptx", dt, world)] = {f"wn_pull_{dt}_w{world}"}
             exp[("fused_pull.ptx", dt, world)] = {f"wn_fused_pull_{dt}_w{world}"}
             exp[("fused_twoshot.ptx", dt, world)] = {f"wn_fused_twoshot_{dt}_w{world}_g{g}" for g in GROUPS}
+            exp[("ce.ptx", dt, world)] = ({f"wn_ce_sum_{dt}_w{world}"}
+                                          | {f"wn_ce_fused_{dt}_w{world}_g{g}" for g in GROUPS})
             exp[("multimem.ptx", dt, world)] = ({f"wn_allreduce_multimem_{dt}_w{world}"}
                                                | {f"wn_fused_multimem_{dt}_w{world}_v{v}" for v in VPTS})
     return exp

@@ -7,13 +7,17 @@ Lamport counter and received bytes, at 32 the failure lock), the signal pad (u32
 (``[MAX_CTAS][MAX_WORLD]`` x ``DESC_BYTES``, docs/reliability.md) at ``DESC_OFF``, from
 ``DATA_OFF`` the staging buffers (2 parities x ``world`` slots of ``cap`` bytes)
 and the result buffers (2 x ``cap``), then the three Lamport buffers (``world`` slots of
-``catalog.LAMPORT_SLOT`` bytes each).
+``catalog.LAMPORT_SLOT`` bytes each), then the copy-engine transport's ``world + 1`` slots of
+``ce_slot`` bytes (collectives/copyengine.py: the peers' shares of our segment, our s rows in the
+slot of our own rank, our result rows in the last; its flags are control words,
+``catalog.CE_ARRIVE_OFF``/``CE_READY_OFF``). No other algorithm touches them, so the transport's
+buffers need no call parity.
 """
 from __future__ import annotations
 
 from ..ptx import catalog
 
-__all__ = ["Channel", "channel_layout", "workspace_bytes"]
+__all__ = ["Channel", "channel_layout", "ce_slot", "workspace_bytes"]
 
 
 def channel_layout(world: int, cap: int) -> tuple[int, int, int]:
@@ -34,7 +38,18 @@ def channel_layout(world: int, cap: int) -> tuple[int, int, int]:
     """
     cap = (cap + 255) // 256 * 256
     lamport = catalog.DATA_OFF + (2 * world + 2) * cap
-    return cap, lamport, lamport + 3 * world * catalog.LAMPORT_SLOT
+    return cap, lamport, _ce_offset(world, lamport) + (world + 1) * ce_slot(world, cap)
+
+
+def _ce_offset(world: int, lamport: int) -> int:
+    return lamport + 3 * world * catalog.LAMPORT_SLOT
+
+
+def ce_slot(world: int, cap: int) -> int:
+    """Bytes of one copy-engine slot of a channel of ``cap`` staging bytes: the largest segment a
+    rank owns, rounded up to 256 -- all_reduce: ``ceil(nvec/world)`` vectors; the fused ops:
+    ``ceil(rows/world)`` rows, at most ``cap/world`` plus one row of ``catalog.MAX_ROW_BYTES``."""
+    return (-(-cap // world) + catalog.MAX_ROW_BYTES + 255) // 256 * 256
 
 
 def workspace_bytes(world: int, cap: int, channels: int = 1) -> int:
@@ -68,6 +83,8 @@ class Channel:
         Address of the workspace (``p_ws``).
     mc_ws : int
         Its multicast address, or 0 (the multimem kernels run only when it is set).
+    ce, ce_slot : int
+        Address of the copy-engine slots, and the bytes of one.
     """
 
     def __init__(self, buf, world: int, cap: int, deltas: tuple, release):
@@ -77,8 +94,10 @@ class Channel:
         if buf.numel() != nbytes or buf.dtype != torch.uint8:
             raise ValueError(f"Channel: buf must be [{nbytes}] uint8 (got [{buf.numel()}] {buf.dtype})")
         buf[: catalog.DATA_OFF].zero_()  # control words, pad and descriptors
-        buf[lamport:].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
+        ce = _ce_offset(world, lamport)
+        buf[lamport:ce].view(torch.int32).fill_(-(1 << 31))  # every word "not yet written"
         self.buf, self.ws, self.deltas, self._release = buf, buf.data_ptr(), deltas, release
+        self.ce, self.ce_slot = self.ws + ce, ce_slot(world, self.cap)
         self.mc_ws = 0
 
     def values(self) -> dict:

@@ -19,7 +19,7 @@ from .. import errors
 from ..memory.hostmapped import HostMappedWords
 from ..memory.interop import torch_stream
 from ..memory.runtime import on_finalize
-from . import calls, compression, signature
+from . import calls, compression, copyengine, signature
 from . import plan as planning
 from .calls import Call
 from .channel import Channel
@@ -286,8 +286,11 @@ class Communicator:
             values = self._values(call, p, o, res)
             if spec.channel:
                 values.update(self._common(self._channels[call.channel], call, p))
-            kernel = self._fabric.kernels.kernel(spec, p.dtype or None, self.world, p.variant)
-            self._fabric.launch(call.stream, p.grid, p.block, kernel, spec.pack(self.world, values), p.smem)
+            if p.algorithm == "copyengine":  # copies, flags and bounded waits around its kernel
+                copyengine.run(self, call, p, values)
+            else:
+                kernel = self._fabric.kernels.kernel(spec, p.dtype or None, self.world, p.variant)
+                self._fabric.launch(call.stream, p.grid, p.block, kernel, spec.pack(self.world, values), p.smem)
         if call.op == "fused_allreduce_rmsnorm":
             return call.back(o), (call.residual if call.residual is not None else call.back(res))
         return None if o is None else call.back(o)
@@ -360,8 +363,8 @@ class Communicator:
             May be ``x`` itself (in place, every algorithm); any other overlap with ``x`` raises
             ValueError.
         algorithm : str
-            ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"`` or ``"pull"``
-            (``plan.ALLREDUCE_ALGORITHMS``).
+            ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"``, ``"pull"`` or ``"copyengine"``
+            (``plan.ALLREDUCE_ALGORITHMS``; the last two twoshot's bits, never picked by ``auto``).
         ctas : int, optional
             CTAs, 1..128 (default: the plan's).
         channel : int
@@ -439,7 +442,9 @@ class Communicator:
         algorithm : str
             ``"auto"``, ``"lamport"``, ``"oneshot"``, ``"twoshot"``, ``"pull"`` (twoshot's bits on
             few CTAs, TMA bulk loads from the peers, docs/transport.md; never picked by ``auto``),
-            or ``"local"`` (world 1 only; what ``auto`` runs there).
+            ``"copyengine"`` (twoshot's bits; device copies move the rows, the SMs only reduce
+            and normalise their own; never picked by ``auto``), or ``"local"`` (world 1 only;
+            what ``auto`` runs there).
         ctas, out, channel, stream
             As in ``all_reduce``; ``out`` is ``[T, H]`` and must not overlap ``x``, ``residual``
             or ``weight`` (ValueError). Only ``x`` and ``weight``, both read-only, may share bytes.

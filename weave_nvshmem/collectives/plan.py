@@ -21,7 +21,7 @@ from . import compression, tuning
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
            "plan_compressed", "plan_compressed_fused", "fused_block", "row_group", "owned_rows", "staging_bytes",
            "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS", "SCATTER_GATHER_ALGORITHMS", "PULL_CTAS",
-           "pull_chunk_vectors", "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
+           "CE_CTAS", "pull_chunk_vectors", "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
@@ -45,6 +45,10 @@ assert SCATTER_GATHER_ALGORITHMS == _named("all_gather")
 #: zero-copy two-shot at the same CTA count and no lighter on a GEMM beside it; what it saves
 #: (remote writes) shows only over NVLink, which is not measured yet.
 PULL_CTAS = 8
+#: the copy-engine transport (collectives/copyengine.py): its default CTA cap (its SMs only reduce
+#: and normalise the own segment; copies move the rest). ``auto`` never picks it: NVLink, where
+#: the copy engines would carry the bytes, is not measured yet (on one GPU the copies run on SMs)
+CE_CTAS = 8
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
 FUSED_TWOSHOT_CTAS = 64
@@ -216,7 +220,7 @@ def plan_all_reduce(nelem: int, dtype: str, world: int, algorithm: str = "auto",
     if algorithm == "auto":
         if world == 1:
             return _copy(op, dtype, "the sum over one rank is x")
-        tuned = tuning.pick(op, world, nbytes, ALLREDUCE_ALGORITHMS[1:])
+        tuned = tuning.pick(op, world, nbytes, tuple(a for a in ALLREDUCE_ALGORITHMS[1:] if a != "copyengine"))
         if tuned and (tuned.algorithm != "lamport" or fits_lamport):
             algorithm, ctas, reason = tuned.algorithm, ctas or tuned.ctas, str(tuned)
         elif fits_lamport:
@@ -246,14 +250,15 @@ def pull_chunk_vectors(world: int) -> int:
 
 
 def _all_reduce_ctas(nvec: int, world: int, algorithm: str) -> tuple[int, str]:
-    """The default grid of allreduce.ptx and why: one CTA per 1024 vectors a rank handles, capped;
-    pull.ptx: one CTA per chunk of a rank's segment, at most ``PULL_CTAS``."""
+    """The default grid of allreduce.ptx (and ce.ptx, capped at ``CE_CTAS``) and why: one CTA per
+    1024 vectors a rank handles, capped; pull.ptx: one CTA per chunk of a rank's segment, at most
+    ``PULL_CTAS``."""
     if algorithm == "pull":
         chunks = -(-(-(-nvec // world)) // pull_chunk_vectors(world))
         return max(1, min(PULL_CTAS, chunks)), f"grid: one CTA per pull chunk a rank reduces, at most {PULL_CTAS}"
-    per_rank = -(-nvec // world) if algorithm == "twoshot" else nvec
+    per_rank = -(-nvec // world) if algorithm in ("twoshot", "copyengine") else nvec
     # large two-shot: best measured at 32 blocks with 4 ranks, 64 with 2
-    cap = (64 if world <= 2 else 32) if algorithm == "twoshot" else 16
+    cap = {"twoshot": 64 if world <= 2 else 32, "copyengine": CE_CTAS}.get(algorithm, 16)
     ctas = max(1, min(cap, -(-per_rank // 1024)))
     return ctas, f"grid: one CTA per 1024 vectors a rank handles, at most {cap}"
 
@@ -396,7 +401,8 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         As in ``plan_all_reduce``.
     algorithm : str
         One of ``FUSED_ALGORITHMS`` (``"local"`` only at world 1, where ``auto`` picks it;
-        ``"pull"``, fused_pull.ptx, only by name: twoshot's bits on at most ``PULL_CTAS`` CTAs).
+        ``"pull"``, fused_pull.ptx, and ``"copyengine"``, ce.ptx, only by name: twoshot's bits on at
+        most ``PULL_CTAS`` / ``CE_CTAS`` CTAs).
     sharded : bool
         Sharded residual (the one-shot kernels need every residual row: two-shot or local).
     residual : bool
@@ -424,8 +430,9 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
     user_ctas = ctas
     if algorithm == "auto":
         # auto never picks "pull" (PULL_CTAS: slower than twoshot on one GPU; NVLink not measured)
+        # nor "copyengine" (CE_CTAS)
         tuned = None if world == 1 else tuning.pick(op, world, nbytes, tuple(a for a in FUSED_ALGORITHMS[1:]
-                                                                              if a != "pull"))
+                                                                              if a not in ("pull", "copyengine")))
         if world == 1:
             algorithm, reason = "local", "world 1: the single-pass local kernel (no channel, no barrier)"
         elif (tuned and tuned.algorithm != "local" and not (sharded and tuned.algorithm in ("oneshot", "lamport"))
@@ -451,12 +458,13 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         default, why = max(1, rows), f"grid: one CTA per row; block shape {kw['shape']}" + (
             "" if local_shape else " (LOCAL_SHAPE)")
         transport = "local"
-    elif algorithm == "twoshot":
+    elif algorithm in ("twoshot", "copyengine"):
         per_rank_rows = -(-rows // world)
-        default = max(1, min(FUSED_TWOSHOT_CTAS, per_rank_rows))
-        why = f"grid: one CTA per own row, at most {FUSED_TWOSHOT_CTAS}"
+        most = FUSED_TWOSHOT_CTAS if algorithm == "twoshot" else CE_CTAS
+        default = max(1, min(most, per_rank_rows))
+        why = f"grid: one CTA per own row, at most {most}"
         kw["group"] = row_group(-(-per_rank_rows // (ctas or default)))
-        transport = "multicast" if multicast else "p2p"
+        transport = "multicast" if multicast and algorithm == "twoshot" else "p2p"
     elif algorithm == "pull":
         default = max(1, min(PULL_CTAS, -(-rows // world)))
         why = f"grid: one CTA per own row, at most {PULL_CTAS} (the pull kernel, fused_pull.ptx)"

@@ -28,6 +28,14 @@ assert PAD_OFF + MAX_CTAS * MAX_WORLD * 4 <= DESC_OFF
 #: bytes of one Lamport slot (allreduce.ptx "lamport": inputs up to this size); a channel holds
 #: 3 buffers x world slots after its staging/result buffers
 LAMPORT_SLOT = 512 * 1024
+#: the copy-engine transport's flags among the control words (u32[MAX_WORLD] each, indexed by the
+#: peer that raises them: collectives/copyengine.py): "your segment of my input landed", "my result
+#: rows are ready"
+CE_ARRIVE_OFF = 64
+CE_READY_OFF = 128
+assert 36 <= CE_ARRIVE_OFF and CE_READY_OFF + 4 * MAX_WORLD <= PAD_OFF
+#: the widest row of the fused ops in bytes (4096 16-byte vectors: plan.fused_block's limit)
+MAX_ROW_BYTES = 4096 * 16
 
 DTYPES = ("bf16", "f16", "f32")
 #: elements per 16-byte vector

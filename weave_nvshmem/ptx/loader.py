@@ -1,7 +1,8 @@
 """Compile PTX to cubin once, cache it on disk, load it, and launch kernels on any stream.
 
-The CUDA layer of the package: linking, loading and launching go through ``cuda.core`` (if raw
-``cuda.bindings`` driver calls are ever needed, they belong here). Compilation goes through ``cuda.core``
+The CUDA layer of the package: linking, loading and launching go through ``cuda.core``; the few raw
+``cuda.bindings`` driver calls (an attribute, stream-ordered copies and flag writes) live here only.
+Compilation goes through ``cuda.core``
 (``ObjectCode.from_ptx`` -> ``Linker`` -> cubin, nvJitLink where present); cubins are cached per
 (source hash, architecture) in ``settings.cache_dir()``. Kernels are named by the kernel table
 (``ptx/table.py``): ``KernelLibrary.kernel(spec, dtype, world, variant)`` renders the spec's file
@@ -19,7 +20,8 @@ from ..settings import cache_dir
 from . import catalog
 from .table import KernelSpec
 
-__all__ = ["ARCH", "KernelLibrary", "cache_key", "cubin_for", "device_arch", "launch", "link_cubin", "opt_in_shared_memory"]
+__all__ = ["ARCH", "KernelLibrary", "cache_key", "copy_async", "cubin_for", "device_arch", "launch", "link_cubin",
+           "opt_in_shared_memory", "write_value32"]
 
 #: the PTX targets sm_90a (Hopper); other architectures are refused with a clear error
 ARCH = "sm_90a"
@@ -170,3 +172,33 @@ def launch(stream, grid: int, block: int, kernel, args: tuple, shmem: int = 0) -
                 kernel, *args)
     except Exception as exc:  # noqa: BLE001
         raise CudaError(f"kernel launch failed: {exc}") from exc
+
+
+def _check(err, what: str) -> None:
+    from cuda.bindings import driver
+
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise CudaError(f"{what} failed: {err}")
+
+
+def copy_async(stream, dst: int, src: int, nbytes: int) -> None:
+    """Enqueue a copy of ``nbytes`` from device address ``src`` to ``dst`` on ``stream``
+    (``cuMemcpyAsync``; capturable). Either address may be a peer mapping: between GPUs joined by
+    NVLink the copy engines move the bytes; within one GPU the copy runs on the SMs."""
+    from cuda.bindings import driver
+
+    (err,) = driver.cuMemcpyAsync(driver.CUdeviceptr(dst), driver.CUdeviceptr(src), nbytes,
+                                  driver.CUstream(stream_handle(stream)))
+    _check(err, f"cuMemcpyAsync of {nbytes} bytes")
+
+
+def write_value32(stream, addr: int, value: int) -> None:
+    """Enqueue a write of the u32 ``value`` to device address ``addr`` (a peer mapping may be one)
+    on ``stream``, after everything before it on the stream, with a memory fence before the write
+    (``cuStreamWriteValue32``, default flags; capturable)."""
+    from cuda.bindings import driver
+
+    (err,) = driver.cuStreamWriteValue32(driver.CUstream(stream_handle(stream)), driver.CUdeviceptr(addr),
+                                         driver.cuuint32_t(value),
+                                         driver.CUstreamWriteValue_flags.CU_STREAM_WRITE_VALUE_DEFAULT)
+    _check(err, "cuStreamWriteValue32")

@@ -97,6 +97,8 @@ CHANNEL_PARAMS = (("ws", "u64"), ("cap", "u64"), ("rank", "u32"), ("timeout", "u
 _AR = (("out", "u64"), ("inp", "u64"), ("nelem", "u64"), ("flags", "u32"))
 _FUSED = (("out", "u64"), ("res", "u64"), ("inp", "u64"), ("weight", "u64"), ("rows", "u64"), ("hidden", "u32"),
           ("eps", "f32"), ("flags", "u32"))
+#: the copy-engine kernels' landing slots: their base and the bytes of one (channel.ce_slot)
+_LAND = (("land", "u64"), ("slot", "u64"))
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,18 @@ KERNELS: tuple = (
       for op, flags in (("all_reduce", CompressedFlags.GATHER_INPUT),
                         ("reduce_scatter", CompressedFlags.REDUCE_SCATTER),
                         ("all_gather", CompressedFlags.ALL_GATHER))),
+    # the copy-engine transport (collectives/copyengine.py, docs/transport.md): device copies move the
+    # bytes between ranks; ce.ptx only reduces (and normalises) the own segment, twoshot's bits;
+    # cewait.ptx is its bounded wait for the peers' stream-ordered flags
+    KernelSpec("all_reduce", "copyengine", "p2p", "ce.ptx", "wn_ce_sum_{dtype}_w{world}", _AR + _LAND,
+               AllReduceFlags.NONE, 512),
+    KernelSpec("fused_allreduce_rmsnorm", "copyengine", "p2p", "ce.ptx", "wn_ce_fused_{dtype}_w{world}_g{group}",
+               _FUSED + (("vthreads", "u32"),) + _LAND, FusedFlags.SHARDED | FusedFlags.RESIDUAL, 512,
+               ("group",), ((1,), (2,), (4,), (8,), (16,))),
+    KernelSpec("wait", "copyengine", "p2p", "cewait.ptx", "wn_ce_wait",
+               (("ws", "u64"), ("off", "u32"), ("value", "u32"), ("rank", "u32"), ("world", "u32"),
+                ("timeout", "u64"), ("err", "u64"), ("opid", "u32")), None, 32, channel=False, dtyped=False,
+               per_world=False),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}
