@@ -174,6 +174,18 @@ def test_zero_copy(emu, tokens, hidden):
     emu.free(sym)
 
 
+def test_empty_symmetric_tensor_is_freed(emu):
+    """A zero-element symmetric tensor (torch gives it no address): empty() takes no arena block,
+    free() accepts it, and the ops run on it."""
+    sym = emu.empty((3, 0, 8), torch.bfloat16)
+    got = emu.run(lambda r, c: c.all_reduce(sym[r]))
+    finish(emu)
+    assert all(g.shape == (3, 0, 8) for g in got)
+    emu.free(sym)
+    again = emu.empty((4,), torch.float32)  # the arena is intact
+    emu.free(again)
+
+
 def test_back_to_back_calls_are_deterministic(emu):
     """2k randomized calls (op, algorithm, CTAs) with no host sync between them: every result
     equals the first call's bits on every rank."""

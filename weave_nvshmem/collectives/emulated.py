@@ -117,11 +117,13 @@ class EmulatedWorld:
         shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
         numel = int(np.prod(shape, dtype=np.int64))
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        off = self._blocks.take(max(16, nbytes))
+        off = self._blocks.take(nbytes) if nbytes else 0  # no block for no bytes (free() knows)
         return [self._arena(r)[off:off + nbytes].view(dtype).view(shape) for r in range(self.world)]
 
     def free(self, tensors) -> None:
         """Free a symmetric tensor ``empty`` returned (pass the list)."""
+        if tensors[0].numel() == 0:  # torch gives an empty tensor no address; empty() took no block
+            return
         off = self._offset_of(0, tensors[0])
         if off is None or not self._blocks.holds(off):
             raise ValueError("EmulatedWorld.free: not a tensor this world's empty() returned")
