@@ -291,12 +291,13 @@ def plan_scatter_gather(op: str, total: int, dtype: str, world: int, ctas=None, 
     return _make(op, kind, "p2p", dtype, world, ctas, flags, f"{given}{op}: {name}'s {op} mode; {why}")
 
 
-def _compressed_grid(spec, own: int, ctas, unit: str) -> tuple:
-    """(ctas, reason) of a compressed kernel whose rank owns ``own`` units (a warp each)."""
+def _compressed_grid(spec, own: int, ctas, per_cta: int, unit: str) -> tuple:
+    """(ctas, reason) of a compressed kernel whose rank owns ``own`` units, ``per_cta`` of them a
+    CTA at a time."""
     reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
     if ctas is not None:
         return ctas, reason + "; ctas given"
-    return max(1, min(32, -(-own // 16))), reason + f"; grid: one CTA per 16 {unit} a rank owns, at most 32"
+    return max(1, min(32, -(-own // per_cta))), reason + f"; grid: one CTA per {unit} a rank owns, at most 32"
 
 
 def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None) -> Launch:
@@ -323,7 +324,8 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
     if world == 1:
         return _copy(op, dtype, "nothing crosses a link at one rank")
     _vec_elems(dtype, op)
-    ctas, reason = _compressed_grid(spec, -(-(numel // spec.block) // world), ctas, "blocks")
+    ctas, reason = _compressed_grid(spec, -(-(numel // spec.block) // world), ctas, 16,
+                                     "16 blocks (a warp each)")
     flags = {"all_reduce": CompressedFlags.NONE, "reduce_scatter": CompressedFlags.REDUCE_SCATTER,
              "all_gather": CompressedFlags.ALL_GATHER}[op]
     if spec.gather == "input" and op == "all_reduce":
@@ -335,20 +337,20 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
 def plan_compressed_fused(rows: int, hidden: int, dtype: str, world: int, spec, ctas=None, sharded: bool = False,
                           *, residual: bool = False) -> Launch:
     """Plan a compressed ``fused_allreduce_rmsnorm`` of ``[rows, hidden]`` (``hidden`` a multiple of
-    ``spec.block``): compressed_fused.ptx's entry, one warp per row; at world 1 the local kernel
-    (``plan_fused``: nothing crosses a link).
+    ``spec.block``): compressed_fused.ptx's entry, a CTA's 16 warps on one row at a time; at world
+    1 the local kernel (``plan_fused``: nothing crosses a link).
 
     Returns
     -------
     Launch
-        ``algorithm == "twoshot_q"``; the grid one CTA per 16 rows a rank owns, at most 32.
+        ``algorithm == "twoshot_q"``; the grid one CTA per row a rank owns, at most 32.
     """
     op = "fused_allreduce_rmsnorm"
     ctas = _check_ctas(ctas, op)
     if world == 1:
         return plan_fused(rows, hidden, dtype, world, "auto", ctas, sharded, residual=residual)
     _vec_elems(dtype, op)
-    ctas, reason = _compressed_grid(spec, -(-rows // world), ctas, "rows (a warp per row)")
+    ctas, reason = _compressed_grid(spec, -(-rows // world), ctas, 1, "row (its 16 warps on the row)")
     flags = CompressedFusedFlags.NONE
     for wanted, bit in ((sharded, CompressedFusedFlags.SHARDED), (residual, CompressedFusedFlags.RESIDUAL),
                         (spec.gather == "input", CompressedFusedFlags.GATHER_INPUT)):
