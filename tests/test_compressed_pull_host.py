@@ -125,4 +125,5 @@ def test_fragments_take_shared_memory():
     assert "ld.shared.f32 %zs, [%qs]" in pull and "ld.global.f32 %zs, [%qs]" in pull
     assert re.search(r"ld\.shared\.v4\.b32 \{%zq0", pull)  # an input-gather chunk, from its stage
     for name in ("compressed.ptx", "compressed_fused.ptx"):
-        assert not re.search(r"ld\.shared\.\S+ \{?%z", catalog.render(name, "bf16", 4))
+        # (the fused kernel's warp-group rstd reads its partials, %zt, from shared memory)
+        assert not re.search(r"ld\.shared\.\S+ (%zs|\{%zq)", catalog.render(name, "bf16", 4))

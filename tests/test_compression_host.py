@@ -227,6 +227,11 @@ def test_compressed_grid_rule(make_comm):
     assert plan.plan_compressed("all_reduce", 8192 * 8192, "bf16", 4, spec, ctas=7).grid == 7
     with pytest.raises(ValueError, match="ctas"):
         plan.plan_compressed("all_reduce", 1024, "bf16", 4, spec, ctas=0)
+    # the fused kernel: one CTA per row a rank owns (its 16 warps share the row), at most 32
+    assert plan.plan_compressed_fused(5, 4096, "bf16", 4, spec).grid == 2
+    assert plan.plan_compressed_fused(4 * 20, 4096, "bf16", 4, spec).grid == 20
+    assert plan.plan_compressed_fused(1024, 8192, "bf16", 4, spec).grid == 32
+    assert plan.plan_compressed_fused(1024, 8192, "bf16", 4, spec, ctas=5).grid == 5
 
 
 def test_staging_grows_to_the_compressed_size(make_comm):
@@ -311,6 +316,38 @@ def test_compressed_fused_model(mode, spec):
     if mode == "sharded" and spec.gather == "compressed":
         plain = quantize.roundtrip(plain, spec).view_as(plain)
     assert float((out.float() - plain).norm() / plain.norm()) < 2 ** -7
+
+
+def test_fused_rstd_follows_the_kernels_order():
+    """compressed_fused.ptx's sum of squares replayed scalar by scalar: lane l of warp w chains fma
+    over elements 256t+8l..256t+8l+7 of tiles t = w, w+16, ... (H = 4160: warp 0 has a second,
+    partial tile), each warp's butterfly, then the 16 warps' sums in warp order; the model's rstd
+    has those bits."""
+    np = pytest.importorskip("numpy")
+    f32, f64 = np.float32, np.float64
+    hidden, eps = 4160, 1e-6
+    g = torch.Generator().manual_seed(11)
+    s = torch.randn(3, hidden, generator=g) * torch.logspace(-2, 2, hidden)
+    got = quantize._group_rstd(s, eps)
+    assert got.shape == (3, 1)
+    for r in range(3):
+        row = s[r].numpy()
+        warp_sums = []
+        for w in range(16):
+            lanes = [f32(0.0)] * 32
+            for t in range(w, -(-hidden // 256), 16):
+                for lane in range(32):
+                    for i in range(256 * t + 8 * lane, min(256 * t + 8 * lane + 8, hidden)):
+                        lanes[lane] = f32(f64(row[i]) * f64(row[i]) + f64(lanes[lane]))
+            for m in (16, 8, 4, 2, 1):
+                lanes = [f32(lanes[lane] + lanes[lane ^ m]) for lane in range(32)]
+            assert len({float(v) for v in lanes}) == 1  # every lane holds the warp's sum
+            warp_sums.append(lanes[0])
+        tot = warp_sums[0]
+        for p in warp_sums[1:]:
+            tot = f32(tot + p)
+        want = f32(1) / np.sqrt(f32(tot / f32(hidden)) + f32(eps))
+        assert float(got[r, 0]) == float(want), r
 
 
 def test_cpu_reference_op_takes_compression():

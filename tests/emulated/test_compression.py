@@ -6,10 +6,9 @@ replays (docs/compression.md)."""
 import pytest
 import torch
 
-from weave_nvshmem.collectives import quantize, reference
 from weave_nvshmem.collectives.compression import CompressionSpec
 from weave_nvshmem.ptx.table import COMPRESSED_VARIANTS
-from weave_nvshmem.testing import DTYPES, poison, poisoned, rank_inputs, rel_err, same_bits
+from weave_nvshmem.testing import DTYPES, poison, poisoned, quantized, rank_inputs, same_bits, sharded_residual
 from conftest import finish, fit
 
 SPECS = [CompressionSpec(f, b, g) for f, b in COMPRESSED_VARIANTS for g in ("compressed", "input")]
@@ -20,14 +19,11 @@ def _sid(s):
 
 
 def check_all_reduce(emu, xs, spec, outs):
-    model = quantize.compressed_all_reduce(xs, spec)
-    bound = quantize.all_reduce_bound(xs, spec)
-    exact = sum(x.double() for x in xs)
-    err = rel_err(outs[0], exact)
-    assert err <= bound, f"{_sid(spec)}: normwise error {err:.4g} above the bound {bound:.4g}"
+    """Rank 0's out has the model's bits and is within its bound (testing.quantized); every rank's
+    bits are rank 0's."""
+    e = quantized.expected("all_reduce", xs, spec)
+    assert not (found := quantized.problems(outs[0], e.model, e.exact, e.bound, f"{_sid(spec)} rank 0 out")), found
     assert same_bits(outs), "ranks differ"
-    diff = int((outs[0].float() != model.float()).sum())
-    assert diff == 0, f"{_sid(spec)}: {diff} of {model.numel()} elements differ from the model"
 
 
 @pytest.mark.parametrize("dtype, rows", [(d, r) for d in DTYPES for r in (1, 37, 1000) if r < 1000 or d == "bfloat16"])
@@ -73,19 +69,12 @@ def test_reduce_scatter_and_all_gather(emu, dtype, fmt, block):
                           c.all_gather(xs[r][:rows], out=ag[r], compression=spec, ctas=fit(emu, None))))
     finish(emu)
     # reduce-scatter: the owner's fp32 sum rounded = the model's input gather, chunk by chunk
-    summed = quantize.compressed_all_reduce(xs, CompressionSpec(fmt, block, "input"))
-    exact = sum(x.double() for x in xs)
-    bound = quantize.all_reduce_bound(xs, CompressionSpec(fmt, block, "input"))
-    for r in range(w):
-        assert torch.equal(rs[r], summed[r * rows:(r + 1) * rows])
-    assert rel_err(torch.cat(rs), exact) <= bound
+    e = quantized.expected("reduce_scatter", xs, spec)
+    assert not (found := quantized.problems(torch.cat(rs), e.model, e.exact, e.bound, "the ranks' outs")), found
     # all-gather: every rank (the owner too) holds the dequantized chunks
-    want = torch.cat([quantize.roundtrip(x[:rows], spec).to(dt) for x in xs])
+    e = quantized.expected("all_gather", [x[:rows] for x in xs], spec)
     for r in range(w):
-        assert torch.equal(ag[r], want)
-    chunks = torch.cat([x[:rows] for x in xs])
-    assert rel_err(ag[0], chunks) <= float(quantize.element_bound(chunks.float().reshape(-1), spec).norm()
-                                           / chunks.double().norm()) + 2 ** -7
+        assert not (found := quantized.problems(ag[r], e.model, e.exact, e.bound, f"rank {r} out")), found
 
 
 @pytest.mark.parametrize("fmt, block", COMPRESSED_VARIANTS)
@@ -161,27 +150,18 @@ def test_fused(emu, dtype, mode, spec, rows):
     res0 = rank_inputs(rows + 2, 1, (rows, hidden), dt)[0]
     g = torch.Generator(device="cuda").manual_seed(rows)
     weight = (1 + 0.1 * torch.randn(hidden, generator=g, device="cuda")).to(dt)
-    res = [res0.clone() for _ in range(w)]
+    # sharded: a rank's other rows hold the sentinel, and must still hold it after the call
+    res = [sharded_residual(res0, r, w) if mode == "sharded" else res0.clone() for r in range(w)]
     outs = [poisoned((rows, hidden), dt) for _ in range(w)]
     emu.run(lambda r, c: c.fused_allreduce_rmsnorm(xs[r], res[r], weight, EPS, residual_mode=mode, out=outs[r],
                                                    compression=spec, ctas=fit(emu, None)))
     finish(emu)
-    want_out, want_s = quantize.compressed_fused(xs, res0, weight, EPS, spec, mode)
+    e = quantized.expected_fused(xs, res0, weight, EPS, spec, mode)
+    found = quantized.fused_problems(list(zip(outs, res)), e, world=w, mode=mode, sentinel_rows=True)
+    assert not found, found
     assert same_bits(outs), "ranks differ"
-    assert torch.equal(outs[0], want_out), f"out: {int((outs[0] != want_out).sum())} elements differ from the model"
-    ref_out, exact_s = reference.fused_allreduce_rmsnorm(xs, res0, weight, EPS)  # float64, on the GPU
-    bs, bo = quantize.fused_bound(xs, res0, weight, spec, mode)
-    assert rel_err(outs[0], ref_out) <= bo, f"out error {rel_err(outs[0], ref_out):.4g} above {bo:.4g}"
-    for r in range(w):
-        rows_r = slice(None) if mode == "replicated" else slice(rows * r // w, rows * (r + 1) // w)
-        assert torch.equal(res[r][rows_r], want_s[rows_r]), f"rank {r}: residual differs from the model"
-        if mode == "sharded":  # rows a rank does not own are left alone
-            mask = torch.ones(rows, dtype=torch.bool, device="cuda")
-            mask[rows_r] = False
-            assert torch.equal(res[r][mask], res0[mask])
     if mode == "replicated":
-        assert same_bits(res)
-        assert rel_err(res[0], exact_s) <= bs
+        assert same_bits(res), "residuals differ across ranks"
 
 
 def test_fused_without_residual_and_graph_replays(emu):
@@ -212,10 +192,12 @@ def test_fused_without_residual_and_graph_replays(emu):
             poison(ob[r])
         g.replay()
         finish(emu)
-        want_out, want_s = quantize.compressed_fused(pool[k], torch.zeros_like(pool[k][0]), weight, EPS, spec)
-        assert same_bits(ob) and torch.equal(ob[0], want_out) and torch.equal(rb[0], want_s)
-    # residual=None: a new residual holding the (compressed) sum
+        e = quantized.expected_fused(pool[k], torch.zeros_like(pool[k][0]), weight, EPS, spec, "replicated")
+        found = quantized.fused_problems(list(zip(ob, rb)), e, world=w, mode="replicated", sentinel_rows=False)
+        assert not found and same_bits(ob), (i, found)
+    # residual=None: a new residual holding the (compressed) sum, the same on every rank
     outs = emu.run(lambda r, c: c.fused_allreduce_rmsnorm(pool[0][r], None, weight, EPS, compression=spec))
     finish(emu)
-    want_out, want_s = quantize.compressed_fused(pool[0], None, weight, EPS, spec)
-    assert torch.equal(outs[0][0], want_out) and torch.equal(outs[w - 1][1], want_s)
+    e = quantized.expected_fused(pool[0], None, weight, EPS, spec, "replicated")
+    assert not (found := quantized.fused_problems(outs, e, world=w, mode="replicated", sentinel_rows=False)), found
+    assert same_bits([o for o, _ in outs]) and same_bits([s for _, s in outs])

@@ -298,7 +298,8 @@ def _compressed_grid(spec, own: int, ctas, unit: str, per: int = 16, cap: int = 
     reason = f"compression {spec.format}, block {spec.block}, gather {spec.gather}"
     if ctas is not None:
         return ctas, reason + "; ctas given"
-    return max(1, min(cap, -(-own // per))), reason + f"; grid: one CTA per {per} {unit} a rank owns, at most {cap}"
+    each = unit if per == 1 else f"{per} {unit}"
+    return max(1, min(cap, -(-own // per))), reason + f"; grid: one CTA per {each} a rank owns, at most {cap}"
 
 
 def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None, algorithm: str = "auto") -> Launch:
@@ -341,20 +342,20 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
 def plan_compressed_fused(rows: int, hidden: int, dtype: str, world: int, spec, ctas=None, sharded: bool = False,
                           *, residual: bool = False) -> Launch:
     """Plan a compressed ``fused_allreduce_rmsnorm`` of ``[rows, hidden]`` (``hidden`` a multiple of
-    ``spec.block``): compressed_fused.ptx's entry, one warp per row; at world 1 the local kernel
-    (``plan_fused``: nothing crosses a link).
+    ``spec.block``): compressed_fused.ptx's entry, a CTA's 16 warps on one row at a time; at world
+    1 the local kernel (``plan_fused``: nothing crosses a link).
 
     Returns
     -------
     Launch
-        ``algorithm == "twoshot_q"``; the grid one CTA per 16 rows a rank owns, at most 32.
+        ``algorithm == "twoshot_q"``; the grid one CTA per row a rank owns, at most 32.
     """
     op = "fused_allreduce_rmsnorm"
     ctas = _check_ctas(ctas, op)
     if world == 1:
         return plan_fused(rows, hidden, dtype, world, "auto", ctas, sharded, residual=residual)
     _vec_elems(dtype, op)
-    ctas, reason = _compressed_grid(spec, -(-rows // world), ctas, "rows (a warp per row)")
+    ctas, reason = _compressed_grid(spec, -(-rows // world), ctas, "row (its 16 warps on the row)", 1)
     flags = CompressedFusedFlags.NONE
     for wanted, bit in ((sharded, CompressedFusedFlags.SHARDED), (residual, CompressedFusedFlags.RESIDUAL),
                         (spec.gather == "input", CompressedFusedFlags.GATHER_INPUT)):

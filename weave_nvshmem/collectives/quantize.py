@@ -203,24 +203,36 @@ def fused_bound(inputs: list, residual, weight, spec: CompressionSpec, residual_
     return bs, bo
 
 
-def _warp_rstd(s: torch.Tensor, block: int, eps: float) -> torch.Tensor:
-    """compressed_fused.ptx's rstd of each row of fp32 ``s`` [rows, H]: lane l's fp32 chain over
-    the row's blocks and its elements l*B/32.. in order, the warp's butterfly, 1/sqrt(ssq/H + eps)."""
+#: compressed_fused.ptx's row layout: tiles of 256 elements, lane l holding 8 consecutive ones
+#: (256t + 8l..), tile t warp t % 16's
+_TILE, _LANES, _WARPS = 256, 32, 16
+
+
+def _group_rstd(s: torch.Tensor, eps: float) -> torch.Tensor:
+    """compressed_fused.ptx's rstd of each row of fp32 ``s`` [rows, H] (``[rows, 1]``): lane l of
+    warp w chains fma over its elements 256t+8l..256t+8l+7 of the tiles t = w, w+16, ... in order,
+    each warp's butterfly sums its lanes, the 16 warps' sums are added in warp order, then
+    1/sqrt(ssq/H + eps). The row is padded to whole passes of 16 tiles with zeros (an fma of 0
+    leaves the chain as it is: the kernel's lanes past H add nothing). The square root is taken
+    in float64 and rounded once (sqrt.rn.f32's bits: torch's fp32 sqrt on the CPU is not always
+    correctly rounded)."""
     rows, hidden = s.shape
-    epl = block // 32
-    v = s.view(rows, hidden // block, 32, epl)
-    ssq = torch.zeros(rows, 32, dtype=torch.float32, device=s.device)
-    for k in range(hidden // block):
-        for e in range(epl):
-            x = v[:, k, :, e]
+    passes = -(-hidden // (_TILE * _WARPS))
+    v = torch.nn.functional.pad(s, (0, passes * _TILE * _WARPS - hidden)).view(rows, passes, _WARPS, _LANES, 8)
+    ssq = torch.zeros(rows, _WARPS, _LANES, dtype=torch.float32, device=s.device)
+    for i in range(passes):
+        for e in range(8):
+            x = v[:, i, :, :, e]
             ssq = _fma(x, x, ssq)
-    lane = torch.arange(32, device=s.device)
+    lane = torch.arange(_LANES, device=s.device)
     for m in (16, 8, 4, 2, 1):
-        ssq = ssq + ssq[:, lane ^ m]
-    tot = ssq[:, :1]
+        ssq = ssq + ssq[:, :, lane ^ m]
+    tot = ssq[:, 0, :1]
+    for w in range(1, _WARPS):
+        tot = tot + ssq[:, w, :1]
     tot = tot / torch.full_like(tot, float(hidden))
     tot = tot + torch.full_like(tot, eps, dtype=torch.float32)
-    return torch.reciprocal(torch.sqrt(tot))
+    return torch.reciprocal(torch.sqrt(tot.double()).float())
 
 
 def _fma(a, b, c):
@@ -262,7 +274,7 @@ def compressed_fused(inputs: list, residual, weight, eps: float, spec: Compressi
             acc = roundtrip(acc, spec).view_as(acc)
         new[lo:hi] = acc.to(dt).float()
     # the normalisation is row by row (and blocks never straddle rows): all owners' rows at once
-    out = (new * _warp_rstd(new, spec.block, eps)) * weight.float()
+    out = (new * _group_rstd(new, eps)) * weight.float()
     if residual_mode == "sharded" and spec.gather == "compressed":
         out = roundtrip(out, spec).view_as(out)
     return out.to(dt), new.to(dt)
