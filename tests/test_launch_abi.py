@@ -260,7 +260,7 @@ def test_fused_local_launch_at_world_one(make_comm, dt):
             assert block == 512 and int(args[8]) == 512
     with pytest.raises(ValueError, match="local_shape must be one of"):
         communicator.launch_local(comm, torch.zeros(7, 64 * ve, dtype=tdt), None, torch.ones(64 * ve, dtype=tdt),
-                                  shape="b4")  # b4 is rendered for vpt 2 only
+                                  shape="b4")  # no such shape
     two, _ = make_comm(2)
     with pytest.raises(ValueError, match="algorithm 'local' runs only at world size 1"):
         two.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(16), algorithm="local")

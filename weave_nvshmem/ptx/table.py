@@ -189,9 +189,8 @@ class KernelSpec:
 #: pull.ptx's and fused_pull.ptx's dynamic shared memory: 3 pipeline stages of up to 64 KB
 PULL_SMEM = 3 * 64 * 1024
 _ONE_ROW_VPT = (("vpt",), ((1,), (2,), (4,), (8,)))
-#: fused_local.ptx's block shapes per VPT: "b" (the one-row block: a thread per column group), and
-#: "b4" (the same held to 32 registers, 4 blocks per SM)
-_LOCAL = (("b", 1), ("b", 2), ("b", 4), ("b", 8), ("b4", 2))
+#: fused_local.ptx's block shapes per VPT: "b" (the one-row block: a thread per column group)
+_LOCAL = (("b", 1), ("b", 2), ("b", 4), ("b", 8))
 
 KERNELS: tuple = (
     KernelSpec("barrier", "barrier", "p2p", "barrier.ptx", "wn_barrier_w{world}", (), None, 32, dtyped=False),
