@@ -16,7 +16,8 @@ The transport step (every emulated rank's all_reduce of a 4096x8192 bf16 symmetr
 copy, EmulatedWorld(4)) is captured once into a CUDA graph of STEPS calls and replayed back to back
 on a stream of the highest priority (a graph's kernels take the priority of the stream it is
 launched into) while GEMMS GEMMs run on the default stream, each timed by CUDA events; the median
-over the GEMMs whose window the background covered is compared with the median alone. < 120 s on one H200.
+over the GEMMs whose window the background covered is compared with the median of the GEMMs timed
+alone just before each round (the same clocks and thermal state). < 120 s on one H200.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ AR_SHAPE = (4096, 8192)
 #: (algorithm, CTAs per rank) beside the GEMM
 TRANSPORTS = (("pull", 4), ("pull", 8), ("copyengine", 4), ("copyengine", 8), ("twoshot", 4), ("twoshot", 8),
               ("twoshot", 16), ("twoshot", 32))
-STEPS, GEMMS, ROUNDS = 8, 30, 3
+STEPS, GEMMS, ROUNDS = 8, 30, 5
 
 
 def gemm_times(a, b, c, n: int, stream) -> list:
@@ -100,8 +101,9 @@ def measure(args) -> dict:
             torch.cuda.synchronize()
             per_replay = t0.elapsed_time(t1)
             replays = int(2.0 * GEMMS * alone / max(per_replay, 1e-3)) + 2
-            beside = []
+            beside, alone_now = [], []
             for _ in range(ROUNDS):
+                alone_now += gemm_times(a, b, c, GEMMS, main)  # alone, just before: the same clocks
                 with torch.cuda.stream(side):
                     for _ in range(replays):
                         g.replay()
@@ -109,7 +111,7 @@ def measure(args) -> dict:
                 beside += times[1:]  # the first GEMM may start before the background does
             torch.cuda.synchronize()
             world.check()
-            med = statistics.median(beside)
+            med, alone = statistics.median(beside), statistics.median(alone_now)
             rows.append({"algorithm": algorithm, "ctas": ctas, "gemm_ms_alone": round(alone, 4),
                          "gemm_ms_beside": round(med, 4), "slowdown": round(med / alone, 3),
                          "transport_ms_per_call_alone": round(per_replay / STEPS, 4)})
