@@ -61,8 +61,6 @@ def test_table_matches_the_ptx_entry(v):
         assert lo <= spec.block <= hi
     elif spec.block == "group":
         assert lo == hi == 32 * variant["group"]
-    elif spec.block == "shape" and variant["shape"].startswith("g"):
-        assert lo == hi == 32 * int(variant["shape"][1:])
     else:  # the row block: 32..512 threads
         assert (lo, hi) == (32, 512)
     # only the pull transport's kernels use dynamic shared memory (opted in by the loader above 48 KB)
@@ -230,14 +228,16 @@ def test_fused_twoshot_launch_every_group(make_comm, world, dt):
 
 @pytest.mark.parametrize("dt", list(TORCH_DTYPES))
 def test_fused_local_launch_at_world_one(make_comm, dt):
-    """World 1: auto runs fused_local.ptx in shape LOCAL_SHAPE, one CTA per row of the one-row
-    kernels' block (vthreads threads); "local" is refused at other worlds."""
+    """World 1: auto runs fused_local.ptx, one CTA per row of the one-row kernels' block (vthreads
+    threads), or without a residual at VPT > 1 LOCAL_PREFETCH_ROWS rows per CTA but at least
+    LOCAL_PREFETCH_GRID CTAs; "local" is refused at other worlds."""
     comm, rec = make_comm(1)
     tdt, ve = TORCH_DTYPES[dt], catalog.VEC_ELEMS[dt]
     seen = set()
     for hidden in (ve, 512 * ve, 512 * ve + ve, 1024 * ve + ve, 4096 * ve):
         threads, vpt = plan.fused_block(hidden, dt)
-        for rows, residual, mode in ((3, True, "replicated"), (300, False, "sharded")):
+        for rows, residual, mode in ((3, True, "replicated"), (300, False, "sharded"), (5000, True, "replicated"),
+                                     (5000, False, "replicated")):
             x = torch.zeros(rows, hidden, dtype=tdt)
             res = torch.zeros(rows, hidden, dtype=tdt) if residual else None
             for algorithm in ("auto", "local"):
@@ -245,22 +245,21 @@ def test_fused_local_launch_at_world_one(make_comm, dt):
                                              algorithm=algorithm)
                 grid, block = rec.launches[0][:2]
                 entry, args = check_launch(rec)
-                assert entry == f"wn_fused_local_{dt}_{plan.LOCAL_SHAPE}_v{vpt}" and (grid, block) == (rows, threads)
+                want = rows if residual or vpt == 1 else max(plan.LOCAL_PREFETCH_GRID, -(-rows // plan.LOCAL_PREFETCH_ROWS))
+                assert entry == f"wn_fused_local_{dt}_v{vpt}" and (grid, block) == (min(rows, want), threads)
                 assert int(args[7]) == (2 if residual else 0) and int(args[8]) == threads
                 seen.add(vpt)
     assert seen == {1, 2, 4, 8}
-    for vpt, shapes in plan.LOCAL_SHAPES.items():  # every rendered shape launches with its own block
+    for vpt in (1, 2, 4, 8):  # launch_local: the same entry on the grid asked for
         hidden = 512 * vpt * ve
-        for shape in shapes:
-            communicator.launch_local(comm, torch.zeros(7, hidden, dtype=tdt), None, torch.ones(hidden, dtype=tdt),
-                                      shape=shape)
-            grid, block = rec.launches[0][:2]
-            entry, args = check_launch(rec)
-            assert entry == f"wn_fused_local_{dt}_{shape}_v{vpt}" and grid == 7
-            assert block == 512 and int(args[8]) == 512
-    with pytest.raises(ValueError, match="local_shape must be one of"):
+        communicator.launch_local(comm, torch.zeros(7, hidden, dtype=tdt), None, torch.ones(hidden, dtype=tdt), grid=3)
+        grid, block = rec.launches[0][:2]
+        entry, args = check_launch(rec)
+        assert entry == f"wn_fused_local_{dt}_v{vpt}" and grid == 3
+        assert block == 512 and int(args[8]) == 512
+    with pytest.raises(ValueError, match="grid must be an int >= 1"):
         communicator.launch_local(comm, torch.zeros(7, 64 * ve, dtype=tdt), None, torch.ones(64 * ve, dtype=tdt),
-                                  shape="b4")  # no such shape
+                                  grid=0)
     two, _ = make_comm(2)
     with pytest.raises(ValueError, match="algorithm 'local' runs only at world size 1"):
         two.fused_allreduce_rmsnorm(torch.zeros(2, 16), None, torch.ones(16), algorithm="local")

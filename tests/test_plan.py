@@ -130,8 +130,12 @@ def test_plan_fused_valid_and_deterministic(dtype, world, algorithm):
                 assert p.entry == f"wn_fused_pull_{dtype}_w{world}" and "fused_pull.ptx" in p.reason
                 continue
             if p.algorithm == "local":  # world 1: one CTA per row, the one-row block
-                assert p.grid == max(1, rows) and (p.block, p.vpt) == fused_block(hidden, dtype)
-                assert p.entry == f"wn_fused_local_{dtype}_{plan.LOCAL_SHAPE}_v{p.vpt}"
+                # no residual here: at VPT > 1 a CTA takes LOCAL_PREFETCH_ROWS rows (prefetching)
+                per = 1 if p.vpt == 1 else plan.LOCAL_PREFETCH_ROWS
+                want = min(max(1, rows), max(plan.LOCAL_PREFETCH_GRID if per > 1 else 1, -(-rows // per)))
+                assert p.grid == want and (p.block, p.vpt) == fused_block(hidden, dtype)
+                assert plan_fused(rows, hidden, dtype, world, algorithm, residual=True).grid == max(1, rows)
+                assert p.entry == f"wn_fused_local_{dtype}_v{p.vpt}"
                 continue
             assert 1 <= p.grid <= MAX_CTAS
             if p.algorithm in ("twoshot", "copyengine"):  # 16 warps, a group of them per row

@@ -100,7 +100,7 @@ def _expected():
     fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "twoshot", "local", "pull", "copyengine")]
     exp = {("copy.ptx", None, 1): {"wn_copy"}, ("cewait.ptx", None, 1): {"wn_ce_wait"}}
     for dt in catalog.DTYPES:
-        exp[("fused_local.ptx", dt, 1)] = {f"wn_fused_local_{dt}_{plan.LOCAL_SHAPE}_v{v}" for v in VPTS}
+        exp[("fused_local.ptx", dt, 1)] = {f"wn_fused_local_{dt}_v{v}" for v in VPTS}
     for world in catalog.TEST_WORLDS:
         exp[("barrier.ptx", None, world)] = {f"wn_barrier_w{world}"}
         for dt in catalog.DTYPES:

@@ -74,23 +74,25 @@ def test_local_same_bits_as_twoshot(comm, dtype, tokens, hidden):
 
 @pytest.mark.parametrize("hidden,dtype", [(8192, torch.bfloat16), (5120, torch.float16), (4096, torch.float32),
                                           (2056, torch.bfloat16)])
-def test_every_local_kernel_shape(comm, hidden, dtype):
-    """Each rendered block shape of the local kernel gives the same bits (the launch shape is a
-    tuning choice, never a numerics one)."""
+def test_every_local_grid(comm, hidden, dtype):
+    """Every grid of the local kernel gives the same bits, with and without a residual (the grid is
+    a tuning choice, never a numerics one; without a residual at VPT > 1 a block prefetches its
+    next row, the planner's grid for those rows)."""
     from weave_nvshmem.collectives import communicator
 
     x, residual, weight = _problem(11, 77, hidden, dtype)
-    ref_out, ref_s = tn.reference_fused([x], residual, weight, EPS)
-    outs = []
-    for shape in plan.LOCAL_SHAPES[plan.fused_block(hidden, plan.ptx_dtype(dtype, "test"))[1]]:
-        r = residual.clone()
-        o = tn.poisoned(x.shape, dtype)
-        communicator.launch_local(comm, x, r, weight, EPS, out=o, shape=shape)
-        torch.cuda.synchronize()
-        assert not tn.check_close(o, ref_out, f"out ({shape})")
-        assert tn.same_bits([r, ref_s])
-        outs.append(o)
-    assert tn.same_bits(outs)
+    for res in (residual, None):
+        ref_out, ref_s = tn.reference_fused([x], res, weight, EPS)
+        outs = []
+        for grid in (77, 76, 10, 8, 3, 1):
+            r = None if res is None else res.clone()
+            o = tn.poisoned(x.shape, dtype)
+            back = communicator.launch_local(comm, x, r, weight, EPS, out=o, grid=grid)
+            torch.cuda.synchronize()
+            assert not tn.check_close(o, ref_out, f"out (grid {grid})")
+            assert tn.same_bits([back[1], ref_s])
+            outs.append(o)
+        assert tn.same_bits(outs)
 
 
 def test_local_back_to_back_and_graph_replays(comm):

@@ -13,7 +13,7 @@ returns it without launching), launch (``_run``: outputs, channel growth, ``Kern
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import errors
 from ..memory.hostmapped import HostMappedWords
@@ -466,17 +466,17 @@ class Communicator:
         return self._run(call, self._plan(call))
 
 
-def launch_local(comm: Communicator, x, residual, weight, eps: float = 1e-6, *, shape: str, out=None,
+def launch_local(comm: Communicator, x, residual, weight, eps: float = 1e-6, *, grid: int, out=None,
                  residual_mode: str = "replicated", stream=None):
-    """``comm.fused_allreduce_rmsnorm(x, residual, weight, eps, algorithm="local")`` at world 1,
-    with the local kernel's block ``shape`` (one of ``plan.LOCAL_SHAPES[vpt]``) instead of the
-    planned one: to check or time every shape. Same arguments and results as the op."""
+    """``comm.fused_allreduce_rmsnorm(x, residual, weight, eps, algorithm="local")`` at world 1 on
+    ``grid`` blocks instead of the planned number (any grid >= 1 gives the same bits: block b takes
+    rows b, b + grid, ...): to check or time the grid rule. Same arguments and results as the op."""
     call = comm._validate("fused_allreduce_rmsnorm", x, residual, weight, eps, residual_mode=residual_mode,
                           algorithm="local", out=out, stream=stream)
-    rows, hidden = call.x.shape
-    p = planning.plan_fused(rows, hidden, call.dtype, comm.world, "local", None, call.sharded,
-                            residual=call.residual is not None, local_shape=shape)
-    return comm._run(call, p) if call.numel else comm._run(call, comm._plan(call))
+    if not (isinstance(grid, int) and grid >= 1):
+        raise ValueError(f"launch_local: grid must be an int >= 1 (got {grid!r})")
+    p = comm._plan(call)
+    return comm._run(call, replace(p, grid=grid) if call.numel else p)
 
 
 _default: Communicator | None = None

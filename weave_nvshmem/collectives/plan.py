@@ -21,7 +21,7 @@ from . import compression, tuning
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
            "plan_compressed", "plan_compressed_fused", "fused_block", "row_group", "owned_rows", "staging_bytes",
            "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS", "SCATTER_GATHER_ALGORITHMS", "PULL_CTAS",
-           "CE_CTAS", "pull_chunk_vectors", "LOCAL_SHAPE", "LOCAL_SHAPES", "LAMPORT_SLOT"]
+           "CE_CTAS", "pull_chunk_vectors", "LOCAL_PREFETCH_ROWS", "LOCAL_PREFETCH_GRID", "LAMPORT_SLOT"]
 
 #: torch dtype name -> PTX dtype
 PTX_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
@@ -52,13 +52,12 @@ CE_CTAS = 8
 #: the fused two-shot kernel (fused_twoshot.ptx): its block (16 warps) and default CTA cap
 TWOSHOT_BLOCK = table.spec("fused_allreduce_rmsnorm", "twoshot").block
 FUSED_TWOSHOT_CTAS = 64
-#: the world-1 kernel's block shape (fused_local.ptx): "b", the one-row block, was the fastest of its
-#: shapes or within 3% at 1..16384 tokens x hidden 4096/5120/8192 x bf16/fp16/fp32 on one H200
-#: (commit f54e7dc, against 32*GW-thread blocks of 2-16 warps)
-LOCAL_SHAPE = "b"
-#: every block shape fused_local.ptx renders, per VPT (all give the same bits)
-LOCAL_SHAPES = {vpt: tuple(sh for sh, v in table.spec("fused_allreduce_rmsnorm", "local", "local").variants if v == vpt)
-                for vpt in (1, 2, 4, 8)}
+#: the world-1 kernel (fused_local.ptx) without a residual at VPT > 1: rows per block, so its
+#: prefetch of the next row keeps two rows' loads in flight, but never fewer than
+#: LOCAL_PREFETCH_GRID blocks (about 2 per SM of an H200). Rows per block 1/2/4/8/16 timed on one
+#: H200 (commit 129b9d8): 8 was the fastest or within 1% from 2048 to 16384 tokens (bf16 8192:
+#: 0.74x -> 0.98x Inductor's speed at 2048, 0.72x -> 0.94x at 16384), one per row below 256 rows.
+LOCAL_PREFETCH_ROWS, LOCAL_PREFETCH_GRID = 8, 256
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,6 @@ class Launch:
         World size, CTAs and threads per CTA (0 when no kernel runs).
     vpt, group : int
         16-byte vectors per thread per row, and warps per row, for the fused kernels.
-    shape : str
-        The local kernel's block shape (``"b"`` or ``"b4"``; ``LOCAL_SHAPES``), else "".
     fmt, qblock : str, int
         The compressed kernels' format and elements per scale (``plan_compressed``), else "", 0.
     smem : int
@@ -99,7 +96,6 @@ class Launch:
     block: int
     vpt: int = 1
     group: int = 0
-    shape: str = ""
     smem: int = 0
     flags: enum.IntFlag | None = None
     reason: str = ""
@@ -160,8 +156,7 @@ def _check_algorithm(op, algorithm, world, allowed):
                          f"{', '.join(repr(a) for a in allowed if a != 'local')}")
 
 
-def _make(op, algorithm, transport, dtype, world, grid, flags, reason, *, hidden=0, vpt=1, group=0,
-          shape="") -> Launch:
+def _make(op, algorithm, transport, dtype, world, grid, flags, reason, *, hidden=0, vpt=1, group=0) -> Launch:
     """The Launch of the table's (op, algorithm, transport) kernel: its block rule, its smem, and
     only the flags it honours."""
     spec = table.spec(op, algorithm, transport)
@@ -172,7 +167,7 @@ def _make(op, algorithm, transport, dtype, world, grid, flags, reason, *, hidden
     else:
         block = spec.block
     honoured = None if spec.flags is None else type(spec.flags)(flags) & spec.flags
-    return Launch(op, algorithm, spec, dtype, world, grid, block, vpt, group, shape, spec.smem, honoured, reason)
+    return Launch(op, algorithm, spec, dtype, world, grid, block, vpt, group, spec.smem, honoured, reason)
 
 
 def _copy(op, dtype, why) -> Launch:
@@ -391,7 +386,7 @@ def fused_block(hidden: int, dtype: str) -> tuple[int, int]:
 
 def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = "auto", ctas=None,
                sharded: bool = False, *, residual: bool = False, zero_copy: bool = False,
-               multicast: bool = False, local_shape: str | None = None) -> Launch:
+               multicast: bool = False) -> Launch:
     """Plan ``fused_allreduce_rmsnorm`` of an input ``[rows, hidden]`` over ``world`` ranks.
 
     Parameters
@@ -408,9 +403,6 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         Sharded residual (the one-shot kernels need every residual row: two-shot or local).
     residual : bool
         A residual is given (``FusedFlags.RESIDUAL``).
-    local_shape : str, optional
-        The local kernel's block shape, one of ``LOCAL_SHAPES[vpt]`` (default
-        ``LOCAL_SHAPE``): to time or check each shape.
 
     Returns
     -------
@@ -452,12 +444,11 @@ def plan_fused(rows: int, hidden: int, dtype: str, world: int, algorithm: str = 
         flags |= bit if wanted else FusedFlags.NONE
     kw = {"hidden": hidden, "vpt": vpt}
     if algorithm == "local":
-        kw["shape"] = local_shape or LOCAL_SHAPE
-        if kw["shape"] not in LOCAL_SHAPES[vpt]:
-            raise ValueError(f"{op}: local_shape must be one of {LOCAL_SHAPES[vpt]} for hidden {hidden} "
-                             f"(got {local_shape!r})")
-        default, why = max(1, rows), f"grid: one CTA per row; block shape {kw['shape']}" + (
-            "" if local_shape else " (LOCAL_SHAPE)")
+        default, why = max(1, rows), "grid: one CTA per row"
+        if not residual and vpt > 1:
+            default = min(default, max(LOCAL_PREFETCH_GRID, -(-rows // LOCAL_PREFETCH_ROWS)))
+            why = (f"grid: {LOCAL_PREFETCH_ROWS} rows per CTA, at least {LOCAL_PREFETCH_GRID} CTAs (no residual: "
+                   "each CTA prefetches its next row)")
         transport = "local"
     elif algorithm in ("twoshot", "copyengine"):
         per_rank_rows = -(-rows // world)

@@ -116,7 +116,7 @@ class KernelSpec:
         Entry-name template: ``{dtype}``, ``{world}`` and the axes in braces.
     axes : tuple of str
         Variant axes beyond dtype and world (``"vpt"``: 16-byte vectors per thread per row;
-        ``"group"``: warps per row; ``"shape"``: the local kernel's block shape).
+        ``"group"``: warps per row).
     variants : tuple of tuple
         Every value of ``axes`` that has an entry, in order.
     params : tuple of (name, PTX type)
@@ -189,8 +189,6 @@ class KernelSpec:
 #: pull.ptx's and fused_pull.ptx's dynamic shared memory: 3 pipeline stages of up to 64 KB
 PULL_SMEM = 3 * 64 * 1024
 _ONE_ROW_VPT = (("vpt",), ((1,), (2,), (4,), (8,)))
-#: fused_local.ptx's block shapes per VPT: "b" (the one-row block: a thread per column group)
-_LOCAL = (("b", 1), ("b", 2), ("b", 4), ("b", 8))
 
 KERNELS: tuple = (
     KernelSpec("barrier", "barrier", "p2p", "barrier.ptx", "wn_barrier_w{world}", (), None, 32, dtyped=False),
@@ -215,8 +213,8 @@ KERNELS: tuple = (
     KernelSpec("fused_allreduce_rmsnorm", "twoshot", "multicast", "multimem.ptx",
                "wn_fused_multimem_{dtype}_w{world}_v{vpt}", _FUSED + (("mc_ws", "u64"),),
                FusedFlags.SHARDED | FusedFlags.RESIDUAL, "row", *_ONE_ROW_VPT, status=MULTICAST_STATUS),
-    KernelSpec("fused_allreduce_rmsnorm", "local", "local", "fused_local.ptx", "wn_fused_local_{dtype}_{shape}_v{vpt}",
-               _FUSED + (("vthreads", "u32"),), FusedFlags.RESIDUAL, "row", ("shape", "vpt"), _LOCAL,
+    KernelSpec("fused_allreduce_rmsnorm", "local", "local", "fused_local.ptx", "wn_fused_local_{dtype}_v{vpt}",
+               _FUSED + (("vthreads", "u32"),), FusedFlags.RESIDUAL, "row", *_ONE_ROW_VPT,
                channel=False, per_world=False),
     # compressed two-shot (docs/compression.md): one file, the op picks the mode through p_flags
     *(KernelSpec(op, "twoshot_q", "p2p", "compressed.ptx", "wn_allreduce_q_{fmt}_{dtype}_w{world}_b{qblock}", _AR,
