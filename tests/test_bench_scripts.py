@@ -165,13 +165,13 @@ def test_compression_throughput_committed_report_is_its_json_replotted(tmp_path)
 def test_norm_local_grid_report(tmp_path):
     """scripts/norm_local_grid.py: speed against Inductor per rows-per-CTA and at the planner's grid."""
     script = _load("norm_local_grid")
-    row = {"dtype": "bfloat16", "hidden": 8192, "tokens": 2048, "inductor_us": 18.0, "planner_grid": 256,
+    row = {"dtype": "bfloat16", "hidden": 8192, "tokens": 2048, "residual": False, "inductor_us": 18.0, "planner_grid": 256,
            "same_bits": True, "planner_us": 18.0}
     row.update({f"R{r}_us": 18.0 * (2 if r == 1 else 1) for r in script.ROWS_PER_CTA})
     doc = {"device": "NVIDIA H200", "git_commit": "0123456789abcdef", "rows_per_cta": list(script.ROWS_PER_CTA),
            "rows": [row], "stem": "norm-local-grid-test"}
     md = script.markdown(doc)
-    assert "| bfloat16 | 8192 | 2048 | 18.00 | 36.00 (0.50x) | 18.00 (1.00x)" in md and "| 256 |" in md
+    assert "| bfloat16 | 8192 | 2048 | no | 18.00 | 36.00 (0.50x) | 18.00 (1.00x)" in md and "| 256 |" in md
     assert "same bits: yes" in md
     (tmp_path / "norm-local-grid-test.json").write_text(json.dumps(doc))
     assert script.main(["--replot", str(tmp_path / "norm-local-grid-test.json")]) == 0
