@@ -82,11 +82,11 @@ def measure(args) -> dict:
                 planned = plan.plan_fused(tokens, hidden, plan.ptx_dtype(dt, "probe"), 1, "auto",
                                           residual=residual).grid
                 grids = {f"R{r}": -(-tokens // r) for r in ROWS_PER_CTA} | {"planner": planned}
-                first = None
+                first, r0 = None, None if rs[0] is None else rs[0].clone()  # the timed calls update rs in place
                 for label, grid in grids.items():
                     row[f"{label}_us"] = round(_timed(
                         lambda i, g=grid: launch_local(comm, xs[i], rs[i], weight, 1e-6, out=out, grid=g), n, flush), 3)
-                    launch_local(comm, xs[0], None if rs[0] is None else rs[0].clone(), weight, 1e-6, out=out, grid=grid)
+                    launch_local(comm, xs[0], None if r0 is None else r0.clone(), weight, 1e-6, out=out, grid=grid)
                     torch.cuda.synchronize()
                     first = out.clone() if first is None else first
                     row.setdefault("same_bits", True)
