@@ -1,5 +1,6 @@
 """Time of the compressed all-reduce and fused kernels against the uncompressed two-shot ones on one GPU, ranks
-emulated (EmulatedWorld(4)), hidden 8192 bf16, 1024 and 8192 tokens (docs/compression.md).
+emulated (EmulatedWorld(4)), hidden 8192 bf16, 1024 and 8192 tokens (docs/compression.md); the push
+(two-shot) and pull transports' forms on the same CTAs.
 
     python scripts/compression_throughput.py [--out DIR] [--world 4] [--tokens 1024 8192]
     python scripts/compression_throughput.py --replot bench/compression-throughput.json   # no GPU
@@ -27,16 +28,22 @@ from weave_nvshmem.bench import provenance, report  # noqa: E402
 from weave_nvshmem.collectives.compression import CompressionSpec  # noqa: E402
 
 HIDDEN = 8192
-KERNELS = {"twoshot": None, "fp8/128": CompressionSpec("fp8"), "fp8/128/input": CompressionSpec("fp8", 128, "input"),
-           "int8/128": CompressionSpec("int8"), "int8/256": CompressionSpec("int8", 256),
-           "mxfp4/32": CompressionSpec("mxfp4")}
+#: name -> (compression or None, algorithm): the two-shot kernels (push), and the pull transport's
+#: (pull.ptx / fused_pull.ptx, compressed_pull.ptx / compressed_fused_pull.ptx) on the same CTAs
+KERNELS = {"twoshot": (None, "twoshot"), "fp8/128": (CompressionSpec("fp8"), "auto"),
+           "fp8/128/input": (CompressionSpec("fp8", 128, "input"), "auto"), "int8/128": (CompressionSpec("int8"), "auto"),
+           "int8/256": (CompressionSpec("int8", 256), "auto"), "mxfp4/32": (CompressionSpec("mxfp4"), "auto"),
+           "pull": (None, "pull"), "fp8/128/pull": (CompressionSpec("fp8"), "pull"),
+           "mxfp4/32/pull": (CompressionSpec("mxfp4"), "pull")}
 
 
-def time_kernel(emu, op, spec, xs, outs, replays: int, ctas, res=None, weight=None) -> float:
-    """Median microseconds of one graph replay of every rank's ``op`` ("all_reduce" or "fused")."""
+def time_kernel(emu, op, kernel, xs, outs, replays: int, ctas, res=None, weight=None) -> float:
+    """Median microseconds of one graph replay of every rank's ``op`` ("all_reduce" or "fused")
+    with ``kernel`` (a ``KERNELS`` value)."""
     import torch
 
-    kw = {"algorithm": "twoshot"} if spec is None else {"compression": spec}
+    spec, algorithm = kernel
+    kw = {"algorithm": algorithm} | ({} if spec is None else {"compression": spec})
     if op == "all_reduce":
         def step(r, c):
             c.all_reduce(xs[r], out=outs[r], ctas=ctas, **kw)
@@ -91,9 +98,9 @@ def measure(args) -> dict:
             weight = torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)
             for op in ("all_reduce", "fused"):
                 base = None
-                for name, spec in KERNELS.items():
-                    us = time_kernel(emu, op, spec, xs, outs, args.replays, ctas, res, weight)
-                    base = us if spec is None else base
+                for name, (spec, algorithm) in KERNELS.items():
+                    us = time_kernel(emu, op, (spec, algorithm), xs, outs, args.replays, ctas, res, weight)
+                    base = us if name == "twoshot" else base
                     rows.append({"op": op, "tokens": tokens, "kernel": name, "us": round(us, 2),
                                  "ratio_to_twoshot": round(us / base, 3),
                                  "bits_per_element": 16 if spec is None else spec.bits_per_element})
@@ -126,11 +133,11 @@ def plot(doc: dict, path) -> str | None:
         return None
     plt, _ = mpl
     groups = sorted({(r["op"], r["tokens"]) for r in doc["rows"]}, key=lambda g: (g[0] != "all_reduce", g[1]))
-    kernels = [k for k in KERNELS if k != "twoshot"]
+    kernels = [k for k in dict.fromkeys(r["kernel"] for r in doc["rows"]) if k != "twoshot"]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     width = 0.8 / len(kernels)
     for i, k in enumerate(kernels):
-        ys = [next(r["ratio_to_twoshot"] for r in doc["rows"] if (r["op"], r["tokens"]) == g and r["kernel"] == k)
+        ys = [next((r["ratio_to_twoshot"] for r in doc["rows"] if (r["op"], r["tokens"]) == g and r["kernel"] == k), 0)
               for g in groups]
         ax.bar([x + i * width for x in range(len(groups))], ys, width, label=k)
     ax.axhline(1.0, color="k", lw=0.8)
