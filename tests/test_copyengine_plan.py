@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from weave_nvshmem.collectives import channel, copyengine, plan  # noqa: E402
+from weave_nvshmem.collectives import channel, copyengine, plan, signature  # noqa: E402
 from weave_nvshmem.collectives.plan import owned_rows, plan_all_reduce, plan_fused  # noqa: E402
 from weave_nvshmem.ptx import catalog, loader, table  # noqa: E402
 from test_launch_abi import entry_signature, make_comm  # noqa: E402,F401  (the recording communicator)
@@ -117,6 +117,12 @@ def _check_sequence(comm, calls, segs, out, res, replicated, entry):
     dl = [int(d) for d in ch.deltas]
     value = None
     it = iter(calls)
+    if comm.options.call_signature:  # our descriptor words where each peer's wait reads them
+        for s in peers:
+            for i in range(5):
+                kind, addr, v = next(it)
+                assert (kind, addr) == ("write", ch.ws + catalog.DESC_OFF + s * catalog.DESC_BYTES + 4 * i)
+                assert v == signature.UNKNOWN if i >= 3 else v >= 0
     for s in peers:  # 1: our share of every other segment into its owner's slot [r]
         if segs[s][1]:
             assert next(it)[:2] == ("copy", ch.ce + r * ch.ce_slot + dl[s])
@@ -127,10 +133,10 @@ def _check_sequence(comm, calls, segs, out, res, replicated, entry):
             assert value in (None, v)
             value = v
         kind, (spec, _, _, name), args = next(it)
-        assert (kind, name) == ("launch", "wn_ce_wait")
-        types, _ = entry_signature("cewait.ptx", None, 1, name)
+        assert (kind, name) == ("launch", f"wn_ce_wait_w{w}")
+        types, _ = entry_signature("cewait.ptx", None, w, name)
         assert len(args) == len(types)
-        assert [int(a) for a in args[:5]] == [ch.ws, off, value, r, w]
+        assert [int(a) for a in args[:4]] == [off, value, ch.ws, ch.cap] and int(args[4]) == r
         if phase == "arrive":  # 3: the reduce kernel, on the slots
             kind, (spec, dt, _, name), args = next(it)
             assert (kind, name) == ("launch", entry)
@@ -182,9 +188,10 @@ def test_flag_value_is_the_call_signature_or_one(make_comm, driver_calls):
     _attach(comm, rec, driver_calls)
     x = torch.zeros(1000, dtype=torch.float32)
     comm.all_reduce(x, algorithm="copyengine")
-    signed = {c[2] for c in driver_calls if c[0] == "write"}
+    desc = comm._channels[0].ws + catalog.DESC_OFF  # our descriptor words (local) are not flags
+    signed = {c[2] for c in driver_calls if c[0] == "write" and not 0 <= c[1] - desc < catalog.DATA_OFF - catalog.DESC_OFF}
     driver_calls.clear()
     comm.options = type(comm.options)(timeout_s=1.5, call_signature=False)
     comm.all_reduce(x, algorithm="copyengine")
-    assert {c[2] for c in driver_calls if c[0] == "write"} == {1} and len(signed) == 1 and signed != {1}
+    assert {c[2] for c in driver_calls if c[0] == "write"} == {1} and len(signed) == 1 and signed != {1}  # no descriptor
     assert np.uint32(next(iter(signed))) != 0

@@ -98,11 +98,12 @@ def _expected():
     """(file, dtype, world) -> entry names the communicator (or its multicast path) can request."""
     algos = [a for a in plan.ALLREDUCE_ALGORITHMS if a not in ("auto", "pull", "copyengine")]
     fused_algos = [a for a in plan.FUSED_ALGORITHMS if a not in ("auto", "twoshot", "local", "pull", "copyengine")]
-    exp = {("copy.ptx", None, 1): {"wn_copy"}, ("cewait.ptx", None, 1): {"wn_ce_wait"}}
+    exp = {("copy.ptx", None, 1): {"wn_copy"}}
     for dt in catalog.DTYPES:
         exp[("fused_local.ptx", dt, 1)] = {f"wn_fused_local_{dt}_v{v}" for v in VPTS}
     for world in catalog.TEST_WORLDS:
         exp[("barrier.ptx", None, world)] = {f"wn_barrier_w{world}"}
+        exp[("cewait.ptx", None, world)] = {f"wn_ce_wait_w{world}"}
         for dt in catalog.DTYPES:
             exp[("allreduce.ptx", dt, world)] = {f"wn_allreduce_{a}_{dt}_w{world}" for a in algos}
             exp[("fused_rmsnorm.ptx", dt, world)] = {f"wn_fused_{a}_{dt}_w{world}_v{v}"

@@ -2,7 +2,8 @@
 at world sizes 2/4/8 on one GPU: all_reduce and the fused AllReduce + residual + RMSNorm against
 the float64 references AND bitwise equal to "twoshot" on every rank (poisoned outputs, odd sizes,
 bf16/fp16/fp32, both residual modes, no residual, 1/2/8 CTAs), graph replays, 1000 back-to-back
-calls interleaved with other algorithms on the same channel, and a missing rank's timeout naming it.
+calls interleaved with other algorithms on the same channel, a missing rank's timeout naming it, and
+ranks making different calls failing at once with CallMismatchError naming both calls.
 On one GPU the device copies run on the SMs: these tests show correctness, not copy-engine speed."""
 import random
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from weave_nvshmem import CommOptions, PeerTimeoutError
+from weave_nvshmem.errors import CallMismatchError
 from weave_nvshmem.collectives.emulated import EmulatedWorld
 from weave_nvshmem.testing import (DTYPES, check_close, poison, rank_input, rank_inputs, reference_all_reduce,
                                    same_bits, sharded_residual)
@@ -183,3 +185,27 @@ def test_missing_rank_times_out_naming_it(op):
         assert err.value.op == op and err.value.peer == 3
         assert elapsed < 2 * timeout + 1.0, f"the failed call took {elapsed:.2f} s (timeout {timeout} s)"
 
+
+
+@pytest.mark.parametrize("world", (2, 4), ids=lambda w: f"w{w}")
+def test_mismatch_raises_on_every_rank_naming_both_calls(world):
+    """The last rank reduces 8192 elements, the others 4096: every rank's bounded wait finds a flag
+    holding another call's signature and records a mismatch long before the timeout; the error
+    names both calls (cewait.ptx reads the peer's descriptor)."""
+    timeout, odd = 4.0, world - 1
+    with EmulatedWorld(world, arena_bytes=64 << 20, options=CommOptions(timeout_s=timeout)) as emu:
+        xs = [torch.ones(8192 if r == odd else 4096, dtype=torch.bfloat16, device="cuda") for r in range(world)]
+        for n in (4096, 8192):  # both calls once on every rank (matching): every kernel loaded
+            emu.run(lambda r, c, n=n: c.all_reduce(xs[odd][:n], algorithm="copyengine", ctas=2))
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        emu.run(lambda r, c: c.all_reduce(xs[r], algorithm="copyengine", ctas=2))
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        for r, c in enumerate(emu.ranks):
+            with pytest.raises(CallMismatchError) as err:
+                c.check()
+            msg = str(err.value)
+            for n in (4096, 8192):
+                assert f"called all_reduce(numel={n}, bfloat16, copyengine, ctas=2, channel 0)" in msg, msg
+        assert elapsed < timeout / 4, f"the mismatch took {elapsed:.2f} s to surface (timeout {timeout} s)"

@@ -6,7 +6,9 @@ One call on rank r of W, channel ``ch`` (docs/transport.md gives the protocol's 
 
 1. for every owner s != r: copy s's segment of x into s's slot [r] (``ch.ce + r * ch.ce_slot``
    on s: our address plus s's delta), then raise s's flag ``CE_ARRIVE_OFF + 4r`` with a write
-   ordered after the copy on the stream (``loader.write_value32``);
+   ordered after the copy on the stream (``loader.write_value32``); with call signatures on, our
+   call's descriptor words first go to our desc[0][s], where s's wait reads them when our flag
+   holds another call's signature than s's (a CallMismatchError naming both calls);
 2. the bounded wait (cewait.ptx) takes the W-1 arrive flags of our segment;
 3. ce.ptx reduces our segment, writes our rows of out (and of the residual) and our result slot
    (slot W: the out rows; slot r: the s rows of a replicated residual); then we raise every
@@ -24,6 +26,7 @@ read, so the slots need no call parity; no other algorithm touches them (channel
 from __future__ import annotations
 
 from ..ptx import catalog, loader, table
+from . import signature
 from .plan import owned_rows
 
 __all__ = ["segments", "run", "WAIT"]
@@ -57,7 +60,7 @@ def run(comm, call, p, values: dict) -> None:
     w, r, stream, fab = comm.world, comm.rank, call.stream, comm._fabric
     # both kernels loaded before anything is enqueued: a module load may wait for the device, where
     # our own wait kernel could already spin on ranks not enqueued yet (emulated.py)
-    wait = fab.kernels.kernel(WAIT, None, 1, {})
+    wait = fab.kernels.kernel(WAIT, None, w, {})
     kernel = fab.kernels.kernel(p.kernel, p.dtype, w, p.variant)
     values.update(land=ch.ce, slot=ch.ce_slot)
     flag = values["sig"] or 1
@@ -67,13 +70,20 @@ def run(comm, call, p, values: dict) -> None:
     def slot(i: int, owner: int) -> int:  # slot i of ``owner``'s copy-engine slots
         return ch.ce + i * ch.ce_slot + int(ch.deltas[owner])
 
+    wait_args = {n: values[n] for n, _ in WAIT.param_list(w) if n in values}
+
     def raise_and_wait(off: int) -> None:
         for s in peers:
             loader.write_value32(stream, ch.ws + int(ch.deltas[s]) + off + 4 * r, flag)
         if peers:
-            args = WAIT.pack(1, {"ws": ch.ws, "off": off, "value": flag, "rank": r, "world": w,
-                                 "timeout": values["timeout"], "err": values["err"], "opid": values["opid"]})
-            fab.launch(stream, 1, WAIT.block, wait, args)
+            fab.launch(stream, 1, WAIT.block, wait, WAIT.pack(w, wait_args | {"off": off, "value": flag}))
+
+    if values["sig"]:  # our call where a peer's wait finding another value reads it (cewait.ptx)
+        words = (values["call0"], values["call1"], values["call2"], signature.UNKNOWN, signature.UNKNOWN)
+        for s in peers:
+            desc = ch.ws + catalog.DESC_OFF + s * catalog.DESC_BYTES
+            for i, word in enumerate(words):
+                loader.write_value32(stream, desc + 4 * i, word)
 
     for s in peers:
         start, n = segs[s]

@@ -40,6 +40,8 @@ _PTX_NAMES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 RECORD_WORDS = 16
 #: status words of the record
 TIMEOUT, MISMATCH = 1, 2
+#: a call counter the publisher does not know (the copy-engine transport's host-written descriptor)
+UNKNOWN = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def describe(words, rank: int) -> str:
 def decode_record(record, rank: int) -> dict:
     """The fields of a mismatch record (``RECORD_WORDS`` u32 words) of rank ``rank``: ``op``,
     ``peer``, ``cta``, ``mine`` and ``theirs`` (CallDescriptor), ``value`` (the peer's)."""
-    w = [int(v) for v in record]
+    w = [None if i in (7, 8, 12, 13) and int(v) == UNKNOWN else int(v) for i, v in enumerate(record)]
     return {"op": OPS.get(w[1], f"op{w[1]}"), "peer": w[2], "cta": w[3],
             "mine": CallDescriptor.from_words(*w[4:9]), "theirs": CallDescriptor.from_words(*w[9:14]),
             "value": w[14]}

@@ -252,10 +252,8 @@ KERNELS: tuple = (
     KernelSpec("fused_allreduce_rmsnorm", "copyengine", "p2p", "ce.ptx", "wn_ce_fused_{dtype}_w{world}_g{group}",
                _FUSED + (("vthreads", "u32"),) + _LAND, FusedFlags.SHARDED | FusedFlags.RESIDUAL, 512,
                ("group",), ((1,), (2,), (4,), (8,), (16,))),
-    KernelSpec("wait", "copyengine", "p2p", "cewait.ptx", "wn_ce_wait",
-               (("ws", "u64"), ("off", "u32"), ("value", "u32"), ("rank", "u32"), ("world", "u32"),
-                ("timeout", "u64"), ("err", "u64"), ("opid", "u32")), None, 32, channel=False, dtyped=False,
-               per_world=False),
+    KernelSpec("wait", "copyengine", "p2p", "cewait.ptx", "wn_ce_wait_w{world}", (("off", "u32"), ("value", "u32")),
+               None, 32, dtyped=False),
 )
 
 _BY_KEY = {k.key: k for k in KERNELS}
