@@ -146,10 +146,7 @@ FUSED_SPECS = [CompressionSpec("fp8", 128, g) for g in ("compressed", "input")] 
 def test_fused(emu, dtype, mode, spec, rows):
     dt, w = DTYPES[dtype], emu.world
     hidden = 2048 if rows < 300 else 4096
-    xs = rank_inputs(rows + 1, w, (rows, hidden), dt)
-    res0 = rank_inputs(rows + 2, 1, (rows, hidden), dt)[0]
-    g = torch.Generator(device="cuda").manual_seed(rows)
-    weight = (1 + 0.1 * torch.randn(hidden, generator=g, device="cuda")).to(dt)
+    xs, res0, weight = quantized.fused_inputs(rows, w, rows, hidden, dt)
     # sharded: a rank's other rows hold the sentinel, and must still hold it after the call
     res = [sharded_residual(res0, r, w) if mode == "sharded" else res0.clone() for r in range(w)]
     outs = [poisoned((rows, hidden), dt) for _ in range(w)]

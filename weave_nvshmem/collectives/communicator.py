@@ -244,7 +244,8 @@ class Communicator:
             return planning.Launch(op, "none", None, dt, self.world, 0, 0, reason="empty input: nothing to launch")
         if call.compression is not None and op == "fused_allreduce_rmsnorm":
             return planning.plan_compressed_fused(*call.x.shape, dt, self.world, call.compression, call.ctas,
-                                                  call.sharded, residual=call.residual is not None)
+                                                  call.sharded, residual=call.residual is not None,
+                                                  algorithm=call.algorithm)
         if call.compression is not None:
             return planning.plan_compressed(op, call.numel, dt, self.world, call.compression, call.ctas,
                                             call.algorithm)

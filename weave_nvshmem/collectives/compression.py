@@ -21,7 +21,7 @@ __all__ = ["CompressionSpec", "FORMATS", "BLOCKS", "DEFAULT_BLOCK", "GATHERS", "
 
 #: ``algorithm=`` -> the kernel-table algorithm of the compressed kernel it runs (never an
 #: ``algorithm=`` value itself): "auto" the two-shot push (compressed.ptx), "pull" the pull
-#: transport (compressed_pull.ptx; not for fused_allreduce_rmsnorm)
+#: transport (compressed_pull.ptx; fused_allreduce_rmsnorm: compressed_fused_pull.ptx)
 ALGORITHMS = {"auto": "twoshot_q", "pull": "pull_q"}
 #: format -> the block sizes compressed.ptx renders
 BLOCKS = {f: tuple(b for g, b in COMPRESSED_VARIANTS if g == f) for f in dict.fromkeys(g for g, _ in COMPRESSED_VARIANTS)}
@@ -114,8 +114,9 @@ class CompressionSpec:
 
 
 def algorithms(op: str) -> tuple:
-    """The ``algorithm=`` values a compressed ``op`` takes (``ALGORITHMS``' keys it has a kernel for)."""
-    return ("auto",) if op == "fused_allreduce_rmsnorm" else tuple(ALGORITHMS)
+    """The ``algorithm=`` values a compressed ``op`` takes (``ALGORITHMS``' keys: every compressed op
+    has a kernel for each)."""
+    return tuple(ALGORITHMS)
 
 
 def check(op: str, spec: CompressionSpec, numel: int, world: int, *, chunk: int | None = None) -> None:

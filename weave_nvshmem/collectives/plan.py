@@ -19,7 +19,7 @@ from ..ptx.table import AllReduceFlags, CompressedFlags, CompressedFusedFlags, F
 from . import compression, tuning
 
 __all__ = ["Launch", "plan_all_reduce", "plan_scatter_gather", "plan_fused", "plan_barrier", "plan_put",
-           "plan_compressed", "plan_compressed_fused", "fused_block", "row_group", "owned_rows", "staging_bytes",
+           "plan_compressed", "plan_compressed_fused", "pull_fused_fits", "fused_block", "row_group", "owned_rows", "staging_bytes",
            "ptx_dtype", "ALLREDUCE_ALGORITHMS", "FUSED_ALGORITHMS", "SCATTER_GATHER_ALGORITHMS", "PULL_CTAS",
            "CE_CTAS", "pull_chunk_vectors", "LOCAL_PREFETCH_ROWS", "LOCAL_PREFETCH_GRID", "LAMPORT_SLOT"]
 
@@ -335,28 +335,48 @@ def plan_compressed(op: str, numel: int, dtype: str, world: int, spec, ctas=None
 
 
 def plan_compressed_fused(rows: int, hidden: int, dtype: str, world: int, spec, ctas=None, sharded: bool = False,
-                          *, residual: bool = False) -> Launch:
+                          *, residual: bool = False, algorithm: str = "auto") -> Launch:
     """Plan a compressed ``fused_allreduce_rmsnorm`` of ``[rows, hidden]`` (``hidden`` a multiple of
-    ``spec.block``): compressed_fused.ptx's entry, a CTA's 16 warps on one row at a time; at world
-    1 the local kernel (``plan_fused``: nothing crosses a link).
+    ``spec.block``): compressed_fused.ptx's entry, a CTA's 16 warps on one row at a time, or with
+    ``algorithm`` ``"pull"`` compressed_fused_pull.ptx's (the same bits; a row's W-1 peer rows must
+    fit one 64 KB pipeline stage, ``pull_fused_fits``); at world 1 the local kernel (``plan_fused``:
+    nothing crosses a link).
 
     Returns
     -------
     Launch
-        ``algorithm == "twoshot_q"``; the grid one CTA per row a rank owns, at most 32.
+        ``algorithm`` ``"twoshot_q"`` (one CTA per row a rank owns, at most 32) or ``"pull_q"`` (at
+        most ``PULL_CTAS``); ``fmt``/``qblock`` the spec's.
     """
     op = "fused_allreduce_rmsnorm"
     ctas = _check_ctas(ctas, op)
     if world == 1:
         return plan_fused(rows, hidden, dtype, world, "auto", ctas, sharded, residual=residual)
     _vec_elems(dtype, op)
-    ctas, reason = _compressed_grid(spec, -(-rows // world), ctas, "row (its 16 warps on the row)", 1)
+    kind = compression.ALGORITHMS[algorithm]
+    if kind == "pull_q" and not pull_fused_fits(spec, hidden, 16 // VEC_ELEMS[dtype], world):
+        raise ValueError(f"{op}: algorithm='pull' with compression {spec.format}:{spec.block}:{spec.gather} "
+                         f"takes a row's {world - 1} peer rows in one 64 KB pipeline stage; hidden {hidden} "
+                         f"{dtype} at {world} ranks does not fit (use algorithm='auto')")
+    ctas, reason = (_compressed_grid(spec, -(-rows // world), ctas, "row (its 16 warps on the row)", 1)
+                    if kind == "twoshot_q" else
+                    _compressed_grid(spec, -(-rows // world), ctas, "row (a pull job)", 1, PULL_CTAS))
     flags = CompressedFusedFlags.NONE
     for wanted, bit in ((sharded, CompressedFusedFlags.SHARDED), (residual, CompressedFusedFlags.RESIDUAL),
                         (spec.gather == "input", CompressedFusedFlags.GATHER_INPUT)):
         flags |= bit if wanted else CompressedFusedFlags.NONE
-    base = _make(op, "twoshot_q", "p2p", dtype, world, ctas, flags, reason)
+    base = _make(op, kind, "p2p", dtype, world, ctas, flags, reason)
     return dataclasses.replace(base, fmt=spec.format, qblock=spec.block)
+
+
+def pull_fused_fits(spec, hidden: int, element_size: int, world: int) -> bool:
+    """Whether compressed_fused_pull.ptx takes rows of ``hidden``: a stage (64 KB) holds the W-1
+    peers' regions (a row's payload + its scales' 16-byte span, ``nbr*SB + 15`` rounded up to 16)
+    and, input gather, one row in the input dtype."""
+    nbr = hidden // spec.block
+    region = nbr * spec.payload_bytes + (nbr * spec.scale_bytes + 30) // 16 * 16
+    gathered = hidden * element_size if spec.gather == "input" else 0
+    return (world - 1) * region <= 65536 and gathered <= 65536
 
 
 def plan_barrier(world: int) -> Launch:

@@ -237,13 +237,18 @@ KERNELS: tuple = (
     KernelSpec("fused_allreduce_rmsnorm", "pull", "p2p", "fused_pull.ptx", "wn_fused_pull_{dtype}_w{world}",
                _FUSED + (("vthreads", "u32"),), FusedFlags.SHARDED | FusedFlags.RESIDUAL | FusedFlags.ZERO_COPY,
                512, smem=PULL_SMEM),
-    # compressed.ptx's collectives on the pull transport (compressed_pull.ptx): its bits, pull.ptx's
-    # data movement (each rank quantizes into its own staging, the owners bulk-load the blocks)
+    # compressed.ptx's collectives and compressed_fused.ptx's fused op on the pull transport
+    # (compressed_pull.ptx, compressed_fused_pull.ptx): their bits, pull.ptx's data movement (each
+    # rank quantizes into its own staging, the owners bulk-load the blocks)
     *(KernelSpec(op, "pull_q", "p2p", "compressed_pull.ptx", "wn_pull_q_{fmt}_{dtype}_w{world}_b{qblock}", _AR,
                  flags, 512, ("fmt", "qblock"), COMPRESSED_VARIANTS, smem=PULL_SMEM)
       for op, flags in (("all_reduce", CompressedFlags.GATHER_INPUT),
                         ("reduce_scatter", CompressedFlags.REDUCE_SCATTER),
                         ("all_gather", CompressedFlags.ALL_GATHER))),
+    KernelSpec("fused_allreduce_rmsnorm", "pull_q", "p2p", "compressed_fused_pull.ptx",
+               "wn_fused_pull_q_{fmt}_{dtype}_w{world}_b{qblock}", _FUSED,
+               CompressedFusedFlags.SHARDED | CompressedFusedFlags.RESIDUAL | CompressedFusedFlags.GATHER_INPUT, 512,
+               ("fmt", "qblock"), COMPRESSED_VARIANTS, smem=PULL_SMEM),
     # the copy-engine transport (collectives/copyengine.py, docs/transport.md): device copies move the
     # bytes between ranks; ce.ptx only reduces (and normalises) the own segment, twoshot's bits;
     # cewait.ptx is its bounded wait for the peers' stream-ordered flags

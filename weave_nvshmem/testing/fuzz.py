@@ -191,10 +191,10 @@ def _compression(rng: random.Random, op: str) -> CompressionSpec | None:
     return CompressionSpec(fmt, rng.choice(compression.BLOCKS[fmt]), gather)
 
 
-def _algorithm(rng: random.Random, op: str, spec: CompressionSpec | None, algs) -> str:
+def _algorithm(rng: random.Random, op: str, spec: CompressionSpec | None, algs, fits: bool = True) -> str:
     """The call's ``algorithm=``: one of ``algs``, or for a compressed call one of the compressed
-    kernels' (``compression.algorithms``: "auto", the two-shot, or "pull")."""
-    return rng.choice(algs if spec is None else compression.algorithms(op))
+    kernels' (``compression.algorithms``: "auto", the two-shot, or "pull" where it ``fits``)."""
+    return rng.choice(algs if spec is None else [a for a in compression.algorithms(op) if fits or a != "pull"])
 
 
 def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
@@ -251,7 +251,8 @@ def fuzz_call(seed: int, world: int, index: int) -> FuzzCall:
     algs = [a for a in algorithms(op, world)
             if not (mode == "sharded" and a in REPLICATED_ONLY)
             and (a != "lamport" or tokens * hidden * es <= LAMPORT_SLOT)]
-    return FuzzCall(**call, shape=(tokens, hidden), algorithm=_algorithm(rng, op, spec, algs),
+    fits = spec is None or plan.pull_fused_fits(spec, hidden, es, world)  # compressed_fused_pull.ptx's stage
+    return FuzzCall(**call, shape=(tokens, hidden), algorithm=_algorithm(rng, op, spec, algs, fits),
                     residual_mode=mode, residual=rng.random() < 0.8, eps=rng.choice((1e-6, 1e-5)))
 
 

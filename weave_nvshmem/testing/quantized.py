@@ -14,7 +14,7 @@ import torch
 from ..collectives import quantize, reference
 from ..collectives.compression import CompressionSpec
 from ..collectives.plan import owned_rows
-from .numerics import foreign_rows_problems, rel_err, same_bits
+from .numerics import foreign_rows_problems, rank_inputs, rel_err, same_bits
 
 #: all_gather's bound beyond the format's: the dequantized values rounded to the dtype (two bf16
 #: units, as tests/emulated/test_compression.py holds the kernels to)
@@ -96,6 +96,17 @@ class ExpectedFused:
     ref_s: torch.Tensor
     bound_out: float
     bound_s: float
+
+
+def fused_inputs(seed: int, world: int, rows: int, hidden: int, dtype) -> tuple:
+    """A compressed fused call's inputs on the GPU: every rank's ``x`` `[rows, hidden]` (a list), the
+    full residual before the call `[rows, hidden]` and a weight `[hidden]` near 1, all ``dtype``
+    (reproducible from ``seed``)."""
+    xs = rank_inputs(seed + 1, world, (rows, hidden), dtype)
+    res0 = rank_inputs(seed + 2, 1, (rows, hidden), dtype)[0]
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    weight = (1 + 0.1 * torch.randn(hidden, generator=g, device="cuda")).to(dtype)
+    return xs, res0, weight
 
 
 def expected_fused(xs, residual, weight, eps: float, spec: CompressionSpec, mode: str) -> ExpectedFused:
