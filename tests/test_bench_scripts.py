@@ -142,24 +142,30 @@ def test_sm_write_probe_replot_round_trip(tmp_path):
     assert "TMA bulk stores raise an SM's write rate by up to 5%" in probe.markdown(doc)
 
 
-def test_sm_write_probe_committed_report_is_its_json_replotted(tmp_path):
-    probe = _load("sm_write_probe")
-    committed = SCRIPTS.parent / "bench" / "sm-write-nvidia-h200.json"
+def _committed_md_replotted(script: str, stem: str, tmp_path) -> str:
+    """The md ``script --replot`` writes from the committed bench/<stem>.json, checked equal to the
+    committed bench/<stem>.md."""
+    committed = SCRIPTS.parent / "bench" / f"{stem}.json"
     shutil.copy(committed, tmp_path / committed.name)
-    assert probe.main(["--replot", str(tmp_path / committed.name)]) == 0
-    md = (tmp_path / "sm-write-nvidia-h200.md").read_text()
+    assert _load(script).main(["--replot", str(tmp_path / committed.name)]) == 0
+    md = (tmp_path / f"{stem}.md").read_text()
     assert md == committed.with_suffix(".md").read_text()
+    return md
+
+
+def test_sm_write_probe_committed_report_is_its_json_replotted(tmp_path):
+    md = _committed_md_replotted("sm_write_probe", "sm-write-nvidia-h200", tmp_path)
     assert "tops out at 62-63 GB/s per SM from 1 to 16 blocks" in md and "TMA bulk stores do not raise" in md
 
 
 def test_compression_throughput_committed_report_is_its_json_replotted(tmp_path):
-    script = _load("compression_throughput")
-    committed = SCRIPTS.parent / "bench" / "compression-throughput.json"
-    shutil.copy(committed, tmp_path / committed.name)
-    assert script.main(["--replot", str(tmp_path / committed.name)]) == 0
-    md = (tmp_path / "compression-throughput.md").read_text()
-    assert md == committed.with_suffix(".md").read_text()
+    md = _committed_md_replotted("compression_throughput", "compression-throughput", tmp_path)
     assert report.EMULATED_NOTE in md and "| fused | 8192 | mxfp4/32 | 4.25 |" in md
+
+
+def test_norm_local_grid_committed_report_is_its_json_replotted(tmp_path):
+    md = _committed_md_replotted("norm_local_grid", "norm-local-grid-nvidia-h200", tmp_path)
+    assert "every grid gave the same bits: yes" in md
 
 
 def test_norm_local_grid_report(tmp_path):
