@@ -31,6 +31,7 @@ from examples.llama import LLAMA3_70B, MODES, RESIDUAL_MODES, Collective, LlamaC
 from weave_nvshmem.bench import baselines, provenance, report
 from weave_nvshmem.bench.harness import Harness, InputSets, err_text, fmt_bytes, heap_bytes
 from weave_nvshmem.bench.suites.common import allocate, norm_timer, release, skip_all
+from weave_nvshmem.collectives.plan import FUSED_ALGORITHMS
 from weave_nvshmem.overlap import LayerShape, SplitTuner, candidates, variants
 
 SCHEMA = "weave_nvshmem.bench_layer/2"
@@ -41,6 +42,8 @@ CANDIDATE_MODE = {"fused": "fused", "plain": "nccl", "weave": "weave"}
 LABELS = {"nccl": "NCCL", "fused": "fused", "weave": "weave", "no_comm": "no comm"}
 RATIOS = (("nccl_over_weave", "NCCL / weave"), ("nccl_over_fused", "NCCL / fused"),
           ("weave_over_no_comm", "weave / no comm"))
+#: the fused op's transports the tuner may try by name (every multi-rank one of plan.FUSED_ALGORITHMS)
+TUNE_ALGORITHMS = tuple(a for a in FUSED_ALGORITHMS if a not in ("auto", "local"))
 #: modes that need our communicator (weave_nvshmem.init: NVSHMEM)
 OURS = ("fused", "weave")
 
@@ -62,7 +65,7 @@ def add_arguments(p) -> None:
     p.add_argument("--comm-ctas", type=int, default=8, help="CTAs of weave's fused collectives")
     p.add_argument("--tune-ctas", type=int, nargs="*", default=[],
                    help="further CTA budgets of weave's collectives the tuner tries (overlap.variants)")
-    p.add_argument("--tune-algorithms", nargs="*", default=[], choices=("lamport", "oneshot", "twoshot"),
+    p.add_argument("--tune-algorithms", nargs="*", default=[], choices=TUNE_ALGORITHMS,
                    help="fused-op algorithms the tuner tries besides the planner's (overlap.variants)")
     p.add_argument("--residual", choices=RESIDUAL_MODES, default="replicated",
                    help="residual mode of the fused and weave forwards")

@@ -66,6 +66,11 @@ def test_unmeasured_shapes_run_the_default_and_match_float64():
     for body in (baselines._formula, baselines._compiled_rms_norm):
         got, s = body(x, r, w, 1e-6)
         assert torch.allclose(got.double(), ref, atol=1e-5) and torch.allclose(s.double(), s64, atol=1e-6)
+    # the in-place reference returns the residual it was given, updated to the sum
+    r2 = r.clone()
+    got, same_r = baselines._formula_in_place(x, r2, w, 1e-6)
+    assert same_r is r2 and torch.allclose(r2.double(), s64, atol=1e-6) and torch.allclose(got.double(), ref, atol=1e-5)
+    assert baselines.INDUCTOR_IN_PLACE not in baselines.NORM_CANDIDATES
     out1, same = norm(x, None, w, 1e-6)
     assert same is x and out1.shape == x.shape
 

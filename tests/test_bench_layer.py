@@ -227,6 +227,8 @@ def test_tune_tries_the_further_cta_budgets(tmp_path):
 def test_tune_tries_the_fused_op_algorithms(tmp_path):
     s = bench_layer.settings(_args("--tune-algorithms", "twoshot"))
     assert s["tune_algorithms"] == ["twoshot"]
+    few_sm = bench_layer.settings(_args("--tune-algorithms", "pull", "copyengine"))
+    assert few_sm["tune_algorithms"] == ["pull", "copyengine"] and "local" not in bench_layer.TUNE_ALGORITHMS
     shape = LayerShape(8192, 28672, 64, 8, 4)
     calls = []
 
@@ -237,3 +239,7 @@ def test_tune_tries_the_fused_op_algorithms(tmp_path):
     chosen, tried = bench_layer._tune(s, SplitTuner("dev", path=tmp_path / "s.json"), shape, 132, 2048, timed)
     assert chosen == Candidate("weave", 768, None, "twoshot")
     assert ("nccl", 0, "auto") in calls and ("fused", 0, "twoshot") in calls and ("fused", 0, "auto") in calls
+    calls.clear()
+    chosen, _ = bench_layer._tune(few_sm, SplitTuner("dev", path=tmp_path / "t.json"), shape, 132, 2048, timed)
+    tried_algorithms = {a for mode, _, a in calls if mode in ("fused", "weave")}
+    assert tried_algorithms == {"auto", "pull", "copyengine"} and chosen.algorithm in tried_algorithms

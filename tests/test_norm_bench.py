@@ -17,8 +17,8 @@ def test_cases_order_and_bytes():
     assert norm.call_bytes(2, 8, 4, False) == (2 * 16 + 8) * 4
 
 
-def _row(tokens, ours, inductor, eager=None, residual=True):
-    r = {"series": "norm", "tokens": tokens, "hidden": 8192, "dtype": "bfloat16", "residual": residual,
+def _row(tokens, ours, inductor, eager=None, residual=True, in_place=None):
+    r = {"inductor_in_place_us": in_place,"series": "norm", "tokens": tokens, "hidden": 8192, "dtype": "bfloat16", "residual": residual,
          "bytes": norm.call_bytes(tokens, 8192, 2, residual), "us": ours, "error": None,
          "candidates_us": {"inductor_formula": inductor, "inductor_rms_norm": inductor * 1.1,
                            "eager_rms_norm": eager or inductor * 1.4, "vllm": "not installed (ImportError)"},
@@ -33,6 +33,9 @@ def test_summarise_ratios_and_target():
     assert r["ours_gbps"] == pytest.approx(r["bytes"] / 140.0 / 1e3)
     slow = _row(8192, 297.9, 137.5)
     assert not slow["target_met"] and slow["speed_vs_fastest"] == pytest.approx(137.5 / 297.9)
+    assert r["speed_vs_inductor_in_place"] is None
+    assert _row(128, 4.0, 3.8, in_place=4.6)["speed_vs_inductor_in_place"] == pytest.approx(4.6 / 4.0)
+    assert _row(128, 4.0, 3.8, in_place="capture: boom")["speed_vs_inductor_in_place"] is None
     failed = norm.summarise(dict(_row(1, 5.0, 4.4), us=None, error="replay: rank 0: boom"))
     assert failed["target_met"] is None and failed["ours_gbps"] is None
 
@@ -50,6 +53,10 @@ def test_summary_met_and_shortfall():
     short = norm_tables.summary(_doc([_row(1, 4.5, 4.4), _row(8192, 297.9, 137.5)]))
     assert not short["met"] and short["shortfall"] == ["bfloat16 H=8192 T=8192"]
     assert short["text"].startswith("shortfall: ours below 0.95x") and "0.46x" in short["text"]
+    both = norm_tables.summary(_doc([_row(128, 4.0, 3.6, in_place=4.6), _row(8192, 150.0, 137.5, in_place=140.0)]))
+    assert both["shortfall"] == ["bfloat16 H=8192 T=128", "bfloat16 H=8192 T=8192"]
+    assert "residual in place (our contract): >= 0.95x at 1 of 2 rows, lowest 0.93x at bfloat16 H=8192 T=8192" \
+        in both["text"]
     none = norm_tables.summary(_doc([]))
     assert not none["met"] and "not evaluated" in none["text"]
 
@@ -61,7 +68,7 @@ def test_markdown_and_outputs(tmp_path):
     saved = report.load(paths["json"])
     assert saved["copy_gbps"] == pytest.approx(3904.9, rel=1e-3) and saved["summary"]["met"] is False
     md = open(paths["md"]).read()
-    assert "shortfall" in md and "| bfloat16 | 8192 | 8192 | yes | 297.90 |" in md and "| short |" in md
+    assert "shortfall" in md and "| bfloat16 | 8192 | 8192 | yes | 297.90 |" in md and "| short | - | - |" in md
     assert "Inductor (formula)" in md and "not installed" in md and "3905 GB/s" in md
     assert ("png" in paths) == (importlib.util.find_spec("matplotlib") is not None)
 
@@ -121,7 +128,9 @@ def test_run_flow_on_a_fake_harness(tmp_path, monkeypatch):
     assert (r["dtype"], r["hidden"], r["tokens"], r["residual"]) == ("bfloat16", 64, 1, True)
     assert r["plan"]["algorithm"] == "local" and r["fastest"] in baselines.NORM_CANDIDATES
     assert set(r["candidates_us"]) == set(baselines.NORM_CANDIDATES) and r["speed_vs_inductor"] is not None
-    assert not rows[-2]["residual"] and s["ours_fabric"] == "NVSHMEM, world 1"
+    assert r["inductor_in_place_us"] in (1.0, 2.0) and r["speed_vs_inductor_in_place"] is not None
+    assert not rows[-2]["residual"] and "inductor_in_place_us" not in rows[-2]
+    assert s["ours_fabric"] == "NVSHMEM, world 1"
     doc = cli._document(type("H", (), {"device_name": "NVIDIA H200", "world": 1})(), "norm", s, rows, {"fatal": None})
     paths = report.write_outputs(doc, tmp_path)
     assert paths["json"].endswith("norm-nvidia-h200.json")

@@ -65,9 +65,9 @@ def models(emu):
     return models
 
 
-def forward(emu, models, x, mode, residual_mode, split):
-    colls = [llama.Collective(mode, CFG.eps, comm=c, ctas=fit(emu, 8), residual_mode=residual_mode, norm=plain_norm)
-             for c in emu.ranks]
+def forward(emu, models, x, mode, residual_mode, split, algorithm="auto"):
+    colls = [llama.Collective(mode, CFG.eps, comm=c, ctas=fit(emu, 8), residual_mode=residual_mode, norm=plain_norm,
+                              algorithm=algorithm) for c in emu.ranks]
     return emu.run(lambda r, c: models[r].forward(x, colls[r], split))
 
 
@@ -79,6 +79,18 @@ def test_woven_equals_unsplit(emu, models, residual_mode, split):
     got = forward(emu, models, x, "weave", residual_mode, split)
     finish(emu)
     assert same_bits(ref) and same_bits(got)
+    close(got[0], ref[0])
+
+
+@pytest.mark.parametrize("algorithm", ["pull", "copyengine"])
+def test_woven_on_the_few_sm_transports(emu, models, algorithm):
+    """The weave's async fused ops on the pull / copy-engine transports give what the unsplit
+    two-shot decoder gives (the transports have two-shot's bits; the split GEMMs round apart)."""
+    x = rank_inputs(7, 1, (TOKENS, CFG.hidden), torch.bfloat16)[0]
+    ref = forward(emu, models, x, "fused", "replicated", 0, "twoshot")
+    got = forward(emu, models, x, "weave", "replicated", 17, algorithm)
+    finish(emu)
+    assert same_bits(got)
     close(got[0], ref[0])
 
 

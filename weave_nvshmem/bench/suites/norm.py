@@ -2,8 +2,8 @@
 
 Ours is ``fused_allreduce_rmsnorm`` at world 1 (the single-pass local kernel), on an
 ``EmulatedWorld(1)`` communicator (no NVSHMEM needed) or, with ``--nvshmem``, on a real world-1
-Communicator. Every candidate of ``baselines.NORM_CANDIDATES`` is timed beside it by the same
-harness (CUDA graphs, fresh random inputs rotated over sets beyond the L2, L2 evicted before each
+Communicator. Every candidate of ``baselines.NORM_CANDIDATES``, and with a residual the in-place
+reference ``baselines.INDUCTOR_IN_PLACE``, is timed beside it by the same harness (CUDA graphs, fresh random inputs rotated over sets beyond the L2, L2 evicted before each
 replay). Bytes per call = read x + read residual + read weight + write residual + write out (no
 residual: read x + read weight + write out); the device's copy rate (a 1 GiB device-to-device copy,
 read + write counted) is measured in the same run, at its start and end.
@@ -112,6 +112,9 @@ def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
     rec = baselines.fused_add_rmsnorm.choose(tokens, hidden, dtype, norm_timer(h, sets, weight, eps, counts),
                                              residual=residual)
     r.update(candidates_us=rec["us"], fastest=rec["chosen"])
+    if residual:  # the reference with our contract: the residual updated in place
+        timer = norm_timer(h, sets, weight, eps, counts)
+        r["inductor_in_place_us"] = timer(baselines.make_candidate(baselines.INDUCTOR_IN_PLACE))
     summarise(r)
     h.log(describe(r))
     made = sets = weight = out = None
@@ -121,8 +124,9 @@ def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
 
 def summarise(r: dict) -> dict:
     """Add to row ``r`` the fastest baseline's and Inductor's times, GB/s, the speed ratios
-    (baseline us / ours us: > 1 means ours is faster) and whether ours reaches ``NORM_TARGET`` of
-    Inductor's speed. Pure; None where a figure is missing."""
+    (baseline us / ours us: > 1 means ours is faster; also against ``inductor_in_place_us``, the
+    Inductor formula with our in-place residual contract) and whether ours reaches ``NORM_TARGET``
+    of Inductor's speed. Pure; None where a figure is missing."""
     times = {k: v for k, v in (r.get("candidates_us") or {}).items() if isinstance(v, (int, float))}
     ind = baselines.pick_fastest({k: times[k] for k in baselines.INDUCTOR if k in times})
     r["inductor"] = ind
@@ -137,6 +141,8 @@ def summarise(r: dict) -> dict:
     r["speed_vs_fastest"] = r["fastest_us"] / us if us and r["fastest_us"] else None
     r["speed_vs_inductor"] = r["inductor_us"] / us if us and r["inductor_us"] else None
     r["target_met"] = None if r["speed_vs_inductor"] is None else r["speed_vs_inductor"] >= variants.NORM_TARGET
+    in_place = r.get("inductor_in_place_us")
+    r["speed_vs_inductor_in_place"] = in_place / us if us and isinstance(in_place, (int, float)) else None
     return r
 
 
