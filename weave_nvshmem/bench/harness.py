@@ -7,6 +7,9 @@ norm suite, the layer benchmark, the scripts):
 * before every replay (untimed): every input set is regenerated from its seed (fresh random data,
   never zeros; values stay finite however often an in-place op runs), a buffer of twice the L2 is
   rewritten to evict the inputs, and the ranks are aligned by a device-side barrier;
+* whatever a captured call returns stays alive until the graph is timed, so a baseline that returns
+  new tensors writes fresh memory in every call, as a forward's layers do, never one L2-resident
+  buffer over and over (ours writes per-input-set outputs for the same reason);
 * warm-up replays, then timed replays between CUDA events; the figure is the median over replays
   of (replay time / calls) on rank 0 (``us``), with the max over ranks of the per-rank medians
   (``us_max_rank``);
@@ -359,12 +362,13 @@ class Harness:
                 self.comm.check()
 
         graph = torch.cuda.CUDAGraph()
+        kept = []  # every captured call's outputs (module docstring), freed with the graph
 
         def capture():
             torch.cuda.synchronize()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 for j in range(calls):
-                    call(j % n_sets)
+                    kept.append(call(j % n_sets))
             torch.cuda.synchronize()
 
         for stage, fn in (("warm-up", warm_up), ("capture", capture)):
@@ -397,6 +401,7 @@ class Harness:
             if self.verbose:
                 traceback.print_exc()
         finally:
+            kept.clear()
             graph.reset()  # free the graph's memory before any communicator rebuild
         med = statistics.median(times) if times else None
         gathered = self.gather((err, med, self._comm_broken_local()))

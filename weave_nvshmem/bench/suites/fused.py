@@ -34,7 +34,7 @@ def baseline_fn(h, v: str):
     raise ValueError(f"fused suite: {v!r} is not a baseline (expected one of {NORMED})")
 
 
-def _call(h, sets, out, weight, r, v, ctas, tokens, hidden, nbytes):
+def _call(h, sets, outs, weight, r, v, ctas, tokens, hidden, nbytes):
     """(call(i), copy_to) of variant ``v``, or (why it cannot run, None)."""
     from ...collectives import plan as planning
 
@@ -64,7 +64,7 @@ def _call(h, sets, out, weight, r, v, ctas, tokens, hidden, nbytes):
             return sets.zc_err or "no symmetric input buffer", None
         xs = sets.zs
     return (lambda i: h.comm.fused_allreduce_rmsnorm(xs[i], sets.rs[i], weight, eps, residual_mode=mode,
-                                                     algorithm=alg, ctas=ctas, out=out)), \
+                                                     algorithm=alg, ctas=ctas, out=outs[i])), \
         sets.z if v == "ours_zerocopy" else None
 
 
@@ -86,11 +86,11 @@ def run(h, s: dict) -> list:
             counts = plan_sets(nbytes, s)
             made, err = allocate(h, lambda: (
                 InputSets(h, (tokens, hidden), counts[0], key=1000 + idx, residual=True),
-                torch.empty((tokens, hidden), dtype=torch.bfloat16, device=h.device)))
+                [torch.empty((tokens, hidden), dtype=torch.bfloat16, device=h.device) for _ in range(counts[0])]))
             if err:
                 rows += skip_all(h, [sp[0] for sp in specs], err)
                 continue
-            sets, out = made
+            sets, outs = made  # one output per input set: every call writes fresh memory (harness)
             rec = baselines.fused_add_rmsnorm.choose(tokens, hidden, torch.bfloat16,
                                                      norm_timer(h, sets, weight, variants.EPS, counts), decide=h.rank0)
             h.log(f"T={tokens:<6} H={hidden} fused norm: {rec['chosen']} "
@@ -98,10 +98,10 @@ def run(h, s: dict) -> list:
             for r, v, ctas in specs:
                 if v in NORMED:
                     r["norm"] = rec["chosen"]
-                call, copy_to = _call(h, sets, out, weight, r, v, ctas, tokens, hidden, nbytes)
+                call, copy_to = _call(h, sets, outs, weight, r, v, ctas, tokens, hidden, nbytes)
                 res = {"error": call} if isinstance(call, str) else \
                     h.measure(call, lambda copy_to=copy_to: sets.refresh(copy_to), *counts)
                 rows.append(finish(h, r, res, None))
-            made = sets = out = None
+            made = sets = outs = None
             release()
     return rows

@@ -95,19 +95,20 @@ def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
     counts = plan_sets(tokens * hidden * itemsize, s)
     made, err = allocate(h, lambda: (
         InputSets(h, (tokens, hidden), counts[0], key=7000 + tokens + hidden, residual=residual, dtype=dtype),
-        replicated_weight(h, hidden, dtype), torch.empty((tokens, hidden), dtype=dtype, device=h.device)))
+        replicated_weight(h, hidden, dtype),
+        [torch.empty((tokens, hidden), dtype=dtype, device=h.device) for _ in range(counts[0])]))
     if err:
         return dict(r, us=None, error=err)
-    sets, weight, out = made
+    sets, weight, outs = made  # one output per input set: every call writes fresh memory (harness)
     eps = variants.EPS
     if ours.comm is None:
         res = {"error": ours.err}
     else:
         comm = ours.comm
         r["plan"] = plan_dict(comm.plan, "fused_allreduce_rmsnorm", sets.xs[0], sets.rs[0] if residual else None,
-                              weight, eps, out=out)
+                              weight, eps, out=outs[0])
         res = h.measure(lambda i: comm.fused_allreduce_rmsnorm(sets.xs[i], sets.rs[i] if residual else None, weight,
-                                                               eps, out=out), sets.refresh, *counts)
+                                                               eps, out=outs[i]), sets.refresh, *counts)
     r.update(res)
     rec = baselines.fused_add_rmsnorm.choose(tokens, hidden, dtype, norm_timer(h, sets, weight, eps, counts),
                                              residual=residual)
@@ -117,7 +118,7 @@ def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
         r["inductor_in_place_us"] = timer(baselines.make_candidate(baselines.INDUCTOR_IN_PLACE))
     summarise(r)
     h.log(describe(r))
-    made = sets = weight = out = None
+    made = sets = weight = outs = None
     release()
     return r
 
