@@ -52,6 +52,21 @@ def test_no_bulk_and_no_unfused_baseline_anywhere():
         assert "fused_add_rmsnorm" in fused[name].what  # the shared fused norm, never add_ + F.rms_norm
 
 
+def test_the_few_sm_transports_are_benchmarked_and_swept():
+    """pull and copyengine have rows (and CTA sweeps) in the suites whose ops take them, and every
+    variant's algorithm is one the planner knows for that op."""
+    from weave_nvshmem.collectives import plan
+
+    known = {"allreduce": plan.ALLREDUCE_ALGORITHMS, "fused": plan.FUSED_ALGORITHMS,
+             "reducescatter": plan.SCATTER_GATHER_ALGORITHMS, "allgather": plan.SCATTER_GATHER_ALGORITHMS}
+    for suite, algorithms in known.items():
+        ours = [v.name for v in variants.SUITES[suite] if v.kind == "ours"]
+        assert "ours_pull" in ours and "ours_pull" in variants.SWEPT[suite]
+        assert all(variants.ALGORITHM.get(v, "auto") in algorithms for v in ours)
+    for suite in ("allreduce", "fused"):
+        assert {"ours_copyengine", "ours_twoshot"} <= set(variants.SWEPT[suite])
+
+
 @pytest.mark.parametrize("name", ["reducescatter", "allgather"])
 def test_speedups_and_markdown(name, tmp_path):
     doc = _doc(name)

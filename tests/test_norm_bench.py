@@ -137,3 +137,14 @@ def test_run_flow_on_a_fake_harness(tmp_path, monkeypatch):
     saved = report.load(paths["json"])
     assert saved["summary"]["compared"] == 6 and len(saved["fused_norm"]) == 6
     assert all(rec["chosen"] for rec in saved["fused_norm"])  # which baseline ran, per key
+
+
+@pytest.mark.parametrize("stem", ["norm-nvidia-h200", "norm-old-timing-nvidia-h200"])
+def test_committed_records_render_their_md(stem):
+    """bench/<stem>.md is what its committed JSON renders, and the record's verdict is its own."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    doc = report.load(bench / f"{stem}.json")
+    assert norm_tables.markdown(doc) == (bench / f"{stem}.md").read_text()
+    assert norm_tables.summary(doc) == doc["summary"] and doc["world_size"] == 1 and doc["git_commit"]

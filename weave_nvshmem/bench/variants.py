@@ -59,6 +59,10 @@ SUITES = {
         _v("ours_oneshot", "ours oneshot", "ours", "comm.all_reduce(algorithm='oneshot')"),
         _v("ours_twoshot", "ours twoshot", "ours", "comm.all_reduce(algorithm='twoshot')"),
         _v("ours_zerocopy", "ours 2shot zero-copy", "ours", "two-shot on inputs in our symmetric heap, read in place"),
+        _v("ours_pull", "ours pull zero-copy", "ours", "pull transport (few SMs, each byte written once) on "
+           "symmetric inputs, read in place"),
+        _v("ours_copyengine", "ours copyengine", "ours", "copy-engine transport: device copies move the bytes, "
+           "the SMs reduce"),
         _v("nccl", "NCCL", "baseline", "dist.all_reduce(x) in place"),
         _v("symm_oneshot", "symm 1shot", "baseline", "torch.ops.symm_mem.one_shot_all_reduce (torch SymmetricMemory)"),
         _v("symm_twoshot", "symm 2shot", "baseline", "torch.ops.symm_mem.two_shot_all_reduce_ (torch SymmetricMemory)"),
@@ -70,6 +74,9 @@ SUITES = {
         _v("ours_oneshot", "ours oneshot", "ours", "fused op, algorithm='oneshot'"),
         _v("ours_twoshot", "ours twoshot", "ours", "fused op, algorithm='twoshot'"),
         _v("ours_zerocopy", "ours 2shot zero-copy", "ours", "two-shot fused op on symmetric inputs, read in place"),
+        _v("ours_pull", "ours pull zero-copy", "ours", "pull-transport fused op on symmetric inputs, read in place"),
+        _v("ours_copyengine", "ours copyengine", "ours", "copy-engine fused op: device copies move the bytes, "
+           "the SMs reduce + norm"),
         _v("nccl_norm", "A: NCCL + fused norm", "baseline",
            "dist.all_reduce(x) in place, then the shared fused add+RMSNorm (baselines.fused_add_rmsnorm)"),
         _v("symm_norm", "B: symm 2shot + fused norm", "baseline",
@@ -81,16 +88,24 @@ SUITES = {
     "reducescatter": (
         _v("ours_auto", "ours auto", "ours", "comm.reduce_scatter"),
         _v("ours_zerocopy", "ours 2shot zero-copy", "ours", "comm.reduce_scatter on symmetric inputs"),
+        _v("ours_pull", "ours pull zero-copy", "ours", "comm.reduce_scatter(algorithm='pull') on symmetric inputs"),
         _v("nccl", "NCCL", "baseline", "dist.reduce_scatter_tensor"),
     ),
     "allgather": (
         _v("ours_auto", "ours auto", "ours", "comm.all_gather"),
+        _v("ours_pull", "ours pull", "ours", "comm.all_gather(algorithm='pull'): every rank pulls the shards"),
         _v("nccl", "NCCL", "baseline", "dist.all_gather_into_tensor"),
     ),
 }
 #: the variants swept over CTA counts, per suite
-SWEPT = {"allreduce": ("ours_twoshot",), "fused": ("ours_twoshot",), "reducescatter": ("ours_auto",),
-         "allgather": ("ours_auto",)}
+#: the algorithm= each "ours" variant of the allreduce and fused suites passes (absent: "auto")
+ALGORITHM = {"ours_lamport": "lamport", "ours_oneshot": "oneshot", "ours_twoshot": "twoshot", "ours_zerocopy": "twoshot",
+             "ours_pull": "pull", "ours_copyengine": "copyengine"}
+#: variants whose inputs are symmetric tensors the peers read in place
+ZERO_COPY = ("ours_zerocopy", "ours_pull")
+SWEPT = {"allreduce": ("ours_twoshot", "ours_pull", "ours_copyengine"),
+         "fused": ("ours_twoshot", "ours_pull", "ours_copyengine"), "reducescatter": ("ours_auto", "ours_pull"),
+         "allgather": ("ours_auto", "ours_pull")}
 #: NCCL's bus-bandwidth factor per suite (busbw = algbw * factor * (W-1)/W of the full tensor)
 BUS_FACTOR = {"allreduce": 2, "reducescatter": 1, "allgather": 1, "fused": None}
 #: variant names of bench.py's documents (schema weave_nvshmem.bench/1)

@@ -34,15 +34,15 @@ def _call(h, sets, r, v, ctas, nbytes):
         return (lambda i: op(sets.ys[i], h.group_name)), sets.y
     if v == "nccl":
         return (lambda i: baselines.nccl_all_reduce(sets.xs[i])), None
-    alg = "twoshot" if v == "ours_zerocopy" else v.split("_", 1)[1]
+    alg = variants.ALGORITHM.get(v, "auto")
     r.update(algorithm=alg, plan=plan_dict(planning.plan_all_reduce, sets.n, "bf16", h.world, alg, ctas))
     if h.comm is None:
         return h.comm_err or "communicator unavailable", None
-    if v == "ours_zerocopy":
+    if v in variants.ZERO_COPY:
         r["zero_copy"] = True
         if sets.zs is None:
             return sets.zc_err or "no symmetric input buffer", None
-        return (lambda i: h.comm.all_reduce(sets.zs[i], out=sets.zs[i], algorithm="twoshot")), sets.z
+        return (lambda i: h.comm.all_reduce(sets.zs[i], out=sets.zs[i], algorithm=alg, ctas=ctas)), sets.z
     if alg == "oneshot" and nbytes > variants.ONESHOT_MAX_BYTES:
         return f"skipped: oneshot only up to {fmt_bytes(variants.ONESHOT_MAX_BYTES)}", None
     if alg == "lamport" and nbytes > planning.LAMPORT_SLOT:

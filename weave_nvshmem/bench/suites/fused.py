@@ -48,8 +48,7 @@ def _call(h, sets, outs, weight, r, v, ctas, tokens, hidden, nbytes):
                 return h.comm_err or "communicator unavailable", None
         fn, xs = baseline_fn(h, v), sets.ys if v == "symm_norm" else sets.xs
         return (lambda i: fn(xs[i], sets.rs[i], weight, eps)), sets.y if v == "symm_norm" else None
-    alg = "twoshot" if v == "ours_zerocopy" else v.split("_", 1)[1] if v in (
-        "ours_lamport", "ours_oneshot", "ours_twoshot") else "auto"
+    alg = variants.ALGORITHM.get(v, "auto")
     mode = "sharded" if v == "ours_sharded" else "replicated"
     r.update(algorithm=alg, residual_mode=mode,
              plan=plan_dict(planning.plan_fused, tokens, hidden, "bf16", h.world, alg, ctas, sharded=mode == "sharded"))
@@ -58,14 +57,14 @@ def _call(h, sets, outs, weight, r, v, ctas, tokens, hidden, nbytes):
     if alg == "lamport" and nbytes > planning.LAMPORT_SLOT:
         return f"skipped: lamport takes up to {fmt_bytes(planning.LAMPORT_SLOT)}", None
     xs = sets.xs
-    if v == "ours_zerocopy":
+    if v in variants.ZERO_COPY:
         r["zero_copy"] = True
         if sets.zs is None:
             return sets.zc_err or "no symmetric input buffer", None
         xs = sets.zs
     return (lambda i: h.comm.fused_allreduce_rmsnorm(xs[i], sets.rs[i], weight, eps, residual_mode=mode,
                                                      algorithm=alg, ctas=ctas, out=outs[i])), \
-        sets.z if v == "ours_zerocopy" else None
+        sets.z if v in variants.ZERO_COPY else None
 
 
 def run(h, s: dict) -> list:

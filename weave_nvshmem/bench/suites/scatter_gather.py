@@ -6,6 +6,11 @@ from ..harness import InputSets, plan_sets
 from .common import allocate, finish, plan_dict, release, row, skip_all
 
 
+def _zero_copy(name: str, v: str) -> bool:
+    """Whether variant ``v`` reads symmetric inputs in place (all_gather reads none in place)."""
+    return v in variants.ZERO_COPY and name == "reducescatter"
+
+
 def _call(h, name, sets, out, r, v, ctas, tokens):
     """call(i) of variant ``v``, or why it cannot run."""
     import torch.distributed as dist
@@ -16,15 +21,18 @@ def _call(h, name, sets, out, r, v, ctas, tokens):
         if name == "reducescatter":
             return lambda i: dist.reduce_scatter_tensor(out, sets.xs[i])
         return lambda i: dist.all_gather_into_tensor(out, sets.xs[i])
-    r.update(algorithm="twoshot", zero_copy=v == "ours_zerocopy",
-             plan=plan_dict(planning.plan_all_reduce, tokens * variants.AR_HIDDEN, "bf16", h.world, "twoshot", ctas))
-    inputs = sets.zs if v == "ours_zerocopy" else sets.xs
+    alg, zero_copy = variants.ALGORITHM.get(v, "auto"), _zero_copy(name, v)
+    op_name = "reduce_scatter" if name == "reducescatter" else "all_gather"
+    r.update(algorithm=alg, zero_copy=zero_copy,
+             plan=plan_dict(planning.plan_scatter_gather, op_name, tokens * variants.AR_HIDDEN, "bf16", h.world, ctas,
+                            zero_copy=zero_copy, algorithm=alg))
+    inputs = sets.zs if zero_copy else sets.xs
     if h.comm is None:
         return h.comm_err or "communicator unavailable"
     if inputs is None:
         return sets.zc_err or "no symmetric input buffer"
     op = h.comm.reduce_scatter if name == "reducescatter" else h.comm.all_gather
-    return lambda i: op(inputs[i], out=out, ctas=ctas)
+    return lambda i: op(inputs[i], out=out, ctas=ctas, algorithm=alg)
 
 
 def run(h, s: dict, name: str) -> list:
@@ -56,7 +64,7 @@ def run(h, s: dict, name: str) -> list:
         sets, out = made
         for r, v, ctas in specs:
             call = _call(h, name, sets, out, r, v, ctas, tokens)
-            copy_to = sets.z if v == "ours_zerocopy" else None
+            copy_to = sets.z if _zero_copy(name, v) else None
             res = {"error": call} if isinstance(call, str) else \
                 h.measure(call, lambda copy_to=copy_to: sets.refresh(copy_to), *counts)
             rows.append(finish(h, r, res, variants.BUS_FACTOR[name]))
