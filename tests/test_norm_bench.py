@@ -18,8 +18,9 @@ def test_cases_order_and_bytes():
 
 
 def _row(tokens, ours, inductor, eager=None, residual=True, in_place=None):
-    r = {"inductor_in_place_us": in_place,"series": "norm", "tokens": tokens, "hidden": 8192, "dtype": "bfloat16", "residual": residual,
+    r = {"series": "norm", "tokens": tokens, "hidden": 8192, "dtype": "bfloat16", "residual": residual,
          "bytes": norm.call_bytes(tokens, 8192, 2, residual), "us": ours, "error": None,
+         "inductor_in_place_us": in_place,
          "candidates_us": {"inductor_formula": inductor, "inductor_rms_norm": inductor * 1.1,
                            "eager_rms_norm": eager or inductor * 1.4, "vllm": "not installed (ImportError)"},
          "fastest": "inductor_formula"}

@@ -97,12 +97,12 @@ SUITES = {
         _v("nccl", "NCCL", "baseline", "dist.all_gather_into_tensor"),
     ),
 }
-#: the variants swept over CTA counts, per suite
-#: the algorithm= each "ours" variant of the allreduce and fused suites passes (absent: "auto")
-ALGORITHM = {"ours_lamport": "lamport", "ours_oneshot": "oneshot", "ours_twoshot": "twoshot", "ours_zerocopy": "twoshot",
-             "ours_pull": "pull", "ours_copyengine": "copyengine"}
+#: the algorithm= each "ours" variant passes (absent: "auto")
+ALGORITHM = {"ours_lamport": "lamport", "ours_oneshot": "oneshot", "ours_twoshot": "twoshot",
+             "ours_zerocopy": "twoshot", "ours_pull": "pull", "ours_copyengine": "copyengine"}
 #: variants whose inputs are symmetric tensors the peers read in place
 ZERO_COPY = ("ours_zerocopy", "ours_pull")
+#: the variants swept over CTA counts, per suite
 SWEPT = {"allreduce": ("ours_twoshot", "ours_pull", "ours_copyengine"),
          "fused": ("ours_twoshot", "ours_pull", "ours_copyengine"), "reducescatter": ("ours_auto", "ours_pull"),
          "allgather": ("ours_auto", "ours_pull")}

@@ -3,10 +3,11 @@
 Ours is ``fused_allreduce_rmsnorm`` at world 1 (the single-pass local kernel), on an
 ``EmulatedWorld(1)`` communicator (no NVSHMEM needed) or, with ``--nvshmem``, on a real world-1
 Communicator. Every candidate of ``baselines.NORM_CANDIDATES``, and with a residual the in-place
-reference ``baselines.INDUCTOR_IN_PLACE``, is timed beside it by the same harness (CUDA graphs, fresh random inputs rotated over sets beyond the L2, L2 evicted before each
-replay). Bytes per call = read x + read residual + read weight + write residual + write out (no
-residual: read x + read weight + write out); the device's copy rate (a 1 GiB device-to-device copy,
-read + write counted) is measured in the same run, at its start and end.
+reference ``baselines.INDUCTOR_IN_PLACE``, is timed beside it by the same harness (CUDA graphs,
+fresh random inputs rotated over sets beyond the L2, L2 evicted before each replay, every call
+writing fresh memory). Bytes per call = read x + read residual + read weight + write residual +
+write out (no residual: read x + read weight + write out); the device's copy rate (a 1 GiB
+device-to-device copy, read + write counted) is measured in the same run, at its start and end.
 """
 from __future__ import annotations
 
