@@ -182,3 +182,29 @@ def test_norm_local_grid_report(tmp_path):
     (tmp_path / "norm-local-grid-test.json").write_text(json.dumps(doc))
     assert script.main(["--replot", str(tmp_path / "norm-local-grid-test.json")]) == 0
     assert (tmp_path / "norm-local-grid-test.md").read_text() == md
+
+
+def test_norm_launch_stats_parses_ncu_and_renders_the_committed_table():
+    """scripts/norm_launch_stats.py: ncu's report lines -> one row per launch; the committed
+    bench/norm-local-registers md holds the table of the committed ncu log; a log of the wrong
+    number of launches is refused."""
+    import pytest
+
+    mod = _load("norm_launch_stats")
+    snippet = ("  wn_fused_local_bf16_v1 (512, 1, 1)x(512, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n"
+               "    Duration                         us         6.40\n"
+               "    Registers Per Thread             register/thread              40\n"
+               "    Waves Per SM                                                1.29\n"
+               "    Achieved Occupancy                        %        61.27\n"
+               "  triton_red_x (16384, 1, 1)x(512, 1, 1), Context 1\n"
+               "    Duration                         ms         1.25\n")
+    rows = mod.parse(snippet)
+    assert rows[0] == {"kernel": "wn_fused_local_bf16_v1", "grid": 512, "block": 512, "us": 6.40, "registers": 40.0,
+                       "waves": 1.29, "occupancy": 61.27}
+    assert rows[1]["grid"] == 16384 and rows[1]["us"] == 1250.0
+    with pytest.raises(ValueError, match="expected 45 launches"):
+        mod.table(rows)
+    bench = SCRIPTS.parent / "bench"
+    committed = mod.table(mod.parse((bench / "norm-launch-stats-nvidia-h200.ncu.log").read_text()))
+    assert committed in (bench / "norm-local-registers-nvidia-h200.md").read_text()
+    assert "| wn_fused_local_bf16_v1 | 512 x 512 | 40 | 1.29 |" in committed
