@@ -35,15 +35,9 @@ def run() -> None:
     import torch
 
     from weave_nvshmem.bench import baselines
-    from weave_nvshmem.collectives.channel import workspace_bytes
-    from weave_nvshmem.collectives.communicator import CommOptions
-    from weave_nvshmem.collectives.emulated import EmulatedWorld
+    from weave_nvshmem.bench.suites.norm import local_world
 
-    opts = CommOptions(timeout_s=30.0, channels=1)
-    most = max(t * h for _, h, t, _ in SHAPES) * 4
-    world = EmulatedWorld(1, arena_bytes=workspace_bytes(1, most) + workspace_bytes(1, opts.initial_bytes) + (64 << 20),
-                          options=opts)
-    world.reserve(most)
+    world = local_world(max(t * h for _, h, t, _ in SHAPES) * 4, timeout_s=30.0)
     comm = world.ranks[0]
     try:
         for dt, hidden, tokens, residual in SHAPES:

@@ -28,12 +28,11 @@ import inspect
 #: candidates in the order they are tried; the default runs where nothing was measured (CPU, tests)
 NORM_CANDIDATES = ("inductor_formula", "inductor_rms_norm", "eager_rms_norm", "vllm", "flashinfer")
 DEFAULT_NORM = "eager_rms_norm"
-NORM_LABELS = {"inductor_formula": "Inductor (formula)", "inductor_rms_norm": "Inductor (F.rms_norm)",
-               "eager_rms_norm": "eager add_ + F.rms_norm", "vllm": "vLLM fused_add_rms_norm",
-               "flashinfer": "FlashInfer fused_add_rmsnorm"}
 INDUCTOR = ("inductor_formula", "inductor_rms_norm")
 INDUCTOR_IN_PLACE = "inductor_in_place"
-NORM_LABELS[INDUCTOR_IN_PLACE] = "Inductor (formula, residual in place)"
+NORM_LABELS = {"inductor_formula": "Inductor (formula)", "inductor_rms_norm": "Inductor (F.rms_norm)",
+               "eager_rms_norm": "eager add_ + F.rms_norm", "vllm": "vLLM fused_add_rms_norm",
+               "flashinfer": "FlashInfer fused_add_rmsnorm", INDUCTOR_IN_PLACE: "Inductor (formula, residual in place)"}
 
 
 class Unavailable(Exception):

@@ -55,6 +55,20 @@ def copy_rate(h) -> dict:
     return r
 
 
+def local_world(max_bytes: int, timeout_s: float):
+    """An ``EmulatedWorld(1)`` able to take rows of up to ``max_bytes`` (no NVSHMEM): its rank 0 runs
+    our world-1 kernel."""
+    from ...collectives.channel import workspace_bytes
+    from ...collectives.communicator import CommOptions
+    from ...collectives.emulated import EmulatedWorld
+
+    opts = CommOptions(timeout_s=timeout_s, channels=1)
+    arena = workspace_bytes(1, max_bytes) + workspace_bytes(1, opts.initial_bytes) + 64 * MB
+    world = EmulatedWorld(1, arena_bytes=arena, options=opts)
+    world.reserve(max_bytes)
+    return world
+
+
 class _Ours:
     """Our world-1 communicator: EmulatedWorld(1)'s rank 0, or ``h.comm`` (a real NVSHMEM one)."""
 
@@ -64,16 +78,9 @@ class _Ours:
             h.start_ours(max_bytes)
             self.comm, self.err, self.fabric = h.comm, h.comm_err, "NVSHMEM, world 1"
             return
-        from ...collectives.channel import workspace_bytes
-        from ...collectives.communicator import CommOptions
-        from ...collectives.emulated import EmulatedWorld
-
-        opts = CommOptions(timeout_s=h.timeout_s, channels=1)
-        arena = workspace_bytes(1, max_bytes) + workspace_bytes(1, opts.initial_bytes) + 64 * MB
         self.fabric = "EmulatedWorld(1) (one process, no NVSHMEM)"
         try:
-            self.world = EmulatedWorld(1, arena_bytes=arena, options=opts)
-            self.world.reserve(max_bytes)
+            self.world = local_world(max_bytes, h.timeout_s)
             self.comm, self.err = self.world.ranks[0], None
         except Exception as exc:  # noqa: BLE001 - recorded in every row
             self.comm, self.err = None, f"EmulatedWorld(1) failed: {type(exc).__name__}: {exc}"
@@ -111,11 +118,10 @@ def _row(h, ours, dt_name, hidden, tokens, residual, s) -> dict:
         res = h.measure(lambda i: comm.fused_allreduce_rmsnorm(sets.xs[i], sets.rs[i] if residual else None, weight,
                                                                eps, out=outs[i]), sets.refresh, *counts)
     r.update(res)
-    rec = baselines.fused_add_rmsnorm.choose(tokens, hidden, dtype, norm_timer(h, sets, weight, eps, counts),
-                                             residual=residual)
+    timer = norm_timer(h, sets, weight, eps, counts)
+    rec = baselines.fused_add_rmsnorm.choose(tokens, hidden, dtype, timer, residual=residual)
     r.update(candidates_us=rec["us"], fastest=rec["chosen"])
     if residual:  # the reference with our contract: the residual updated in place
-        timer = norm_timer(h, sets, weight, eps, counts)
         r["inductor_in_place_us"] = timer(baselines.make_candidate(baselines.INDUCTOR_IN_PLACE))
     summarise(r)
     h.log(describe(r))
